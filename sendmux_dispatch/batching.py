@@ -1,0 +1,561 @@
+"""Batching: recipients → personalised messages → batches, each with a stable key.
+
+:func:`plan_batches` is a lazy pipeline. It pulls one recipient at a time from
+its source, renders and validates that recipient's message, and cuts the
+stream into :class:`PlannedBatch` es of at most ``max_messages`` messages
+*and* at most ``max_bytes`` bytes of serialised request body. Only the batch
+being filled is in memory (plus the deduplication table, 8 bytes per slot),
+so a million-recipient generator is planned in flat memory.
+
+Failures never stop a job: a recipient whose message cannot be built (bad
+address, line break in the name, undefined template variable, message over
+the byte budget) becomes a :class:`~sendmux_dispatch.recipients.RecipientFailure`
+in the stream; a repeated address (compared case-insensitively) becomes a
+:class:`Duplicate` record and is not sent twice.
+
+Idempotency keys
+----------------
+Every batch carries an ``Idempotency-Key`` so that sending it twice (a worker
+retry, a re-run task, a crashed process started again) is answered by the
+server's stored result instead of a second send. The key is::
+
+    {slug(job_key)[:40]}-{batch_index}-{blake2b-128(job_key, batch_index, identities)}
+
+where ``identities`` are the normalised (stripped, lower-cased) addresses of
+the batch's recipients, in order, and every part is length-prefixed before
+hashing so no two different inputs hash the same byte string. The readable
+slug is only for people reading logs; uniqueness comes from the digest,
+which covers the *whole* job key. Keys are 1 to 255 characters of
+``[A-Za-z0-9_-]`` whatever the job key contains.
+
+* The same job planned again (same job key, same recipients in the same
+  order, same template) gives the same batches and the same keys, so a re-run
+  replays instead of re-sending.
+* Different job keys, or different recipients in a batch, give different keys.
+* The job key must identify the *work*, never the *attempt*. That is why
+  :func:`job_key_for` is fed Airflow's ``dag_id, task_id, run_id, map_index``
+  and never ``try_number``: with the try number in it, the retry of a task
+  that died after the server accepted a batch would carry a new key, and every
+  recipient of that batch would get the email twice. (Celery: the bulk job's
+  id, not the task id of a retry.)
+* The template is deliberately *not* part of the key: a re-run with an edited
+  template must not send the batch again. The server then answers
+  ``idempotency_conflict`` (same key, different body), which dispatch reports
+  as "already accepted".
+
+A partially failed batch is re-sent with only its failed-and-retryable items
+(:meth:`PlannedBatch.subset`). That smaller request needs its own key (the
+original key is bound to the original body), derived from the original key,
+the attempt number and the subset's positions and identities: still stable,
+so a crash during the resend replays it too.
+
+The byte budget is a *safe upper bound*: each message is measured by
+serialising it (as the request will) except its attachments, which are
+counted field by field from their base64 text, so a 5 MB attachment is never
+copied just to be measured. ``EmailMessage.approx_size`` is not used because
+it is an estimate, not a bound (it does not count cc/bcc lists or JSON
+escaping of quotes and line breaks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from sendmux_dispatch.models import Attachment, BatchRequest, EmailMessage, limits
+from sendmux_dispatch.personalize import Personalizer
+from sendmux_dispatch.recipients import (
+    Recipient,
+    RecipientFailure,
+    iter_recipients,
+    normalize_email,
+)
+
+__all__ = [
+    "BatchPlan",
+    "DigestSet",
+    "Duplicate",
+    "PlanItem",
+    "PlanStats",
+    "PlannedBatch",
+    "batch_idempotency_key",
+    "job_key_for",
+    "message_idempotency_key",
+    "message_size_bound",
+    "plan_batches",
+]
+
+# ---------------------------------------------------------------- keys
+
+_NOT_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
+_SLUG_CHARS = 40
+
+
+def _slug(text: str, limit: int = _SLUG_CHARS) -> str:
+    slug = _NOT_KEY_CHARS.sub("-", text)[:limit].strip("-")
+    return slug or "job"
+
+
+def _digest(person: bytes, parts: Iterable[str]) -> str:
+    # Length-prefixing makes the encoding injective: ("ab", "c") and
+    # ("a", "bc") hash different byte strings. `person` separates the kinds
+    # of key, so a batch key can never equal a message key.
+    hasher = hashlib.blake2b(digest_size=16, person=person)
+    for part in parts:
+        data = part.encode("utf-8", "surrogatepass")
+        hasher.update(len(data).to_bytes(8, "big"))
+        hasher.update(data)
+    return hasher.hexdigest()
+
+
+def _check_job_key(job_key: str) -> None:
+    if not isinstance(job_key, str) or not job_key:
+        raise ValueError("job_key must be a non-empty string that identifies the work")
+
+
+def batch_idempotency_key(
+    job_key: str, batch_index: int, recipient_identities: Iterable[str]
+) -> str:
+    """The Idempotency-Key of batch ``batch_index`` of job ``job_key``.
+
+    ``recipient_identities`` are the batch's normalised addresses, in order
+    (:func:`~sendmux_dispatch.recipients.normalize_email`). See the module
+    docstring for the derivation and its guarantees.
+    """
+    _check_job_key(job_key)
+    if batch_index < 0:
+        raise ValueError("batch_index must be 0 or more")
+    digest = _digest(b"sendmux-batch", (job_key, str(batch_index), *recipient_identities))
+    return f"{_slug(job_key)}-{batch_index}-{digest}"
+
+
+def message_idempotency_key(job_key: str, position: int, email: str) -> str:
+    """A per-message key: the job, the recipient's source position and address."""
+    _check_job_key(job_key)
+    digest = _digest(b"sendmux-message", (job_key, str(position), normalize_email(email)))
+    return f"{_slug(job_key)}-m{position}-{digest}"
+
+
+def job_key_for(*parts: object) -> str:
+    """A job key from the parts that identify the work, e.g. Airflow's
+    ``job_key_for(dag_id, task_id, run_id, map_index)``.
+
+    Never pass an attempt counter (``try_number``): see the module docstring.
+    Parts are joined with ``/`` after escaping ``%`` and ``/`` inside them, so
+    different part lists never make the same key.
+    """
+    if not parts:
+        raise ValueError("job_key_for needs at least one part")
+    return "/".join(str(part).replace("%", "%25").replace("/", "%2F") for part in parts)
+
+
+# ---------------------------------------------------------------- sizes
+
+_MESSAGE_SERIALIZER = EmailMessage.__pydantic_serializer__
+_WITHOUT_ATTACHMENTS = {"attachments"}
+_encode_json_string: Callable[[str], str] = json.encoder.encode_basestring
+#: ``{"messages":[`` + ``]}``: a batch body's bytes besides its messages and commas.
+BATCH_ENVELOPE_BYTES = len('{"messages":[]}')
+
+
+def _json_string_bytes(text: str) -> int:
+    # json's C escaper escapes exactly what pydantic-core (serde_json) does:
+    # '"', '\\' and control characters; non-ASCII stays as UTF-8.
+    escaped = _encode_json_string(text)
+    return len(escaped) if escaped.isascii() else len(escaped.encode("utf-8", "surrogatepass"))
+
+
+def _attachment_bytes(attachment: Attachment) -> int:
+    size = 2  # {}
+    for name in ("filename", "type", "encoding"):
+        value = getattr(attachment, name)
+        if value is not None:
+            size += len(name) + 4 + _json_string_bytes(value)  # "name": ... ,
+    # content (base64) and attachment_id (att_...) are validated to contain no
+    # character JSON escapes, so their length is exact without copying them.
+    if attachment.content is not None:
+        size += len("content") + 4 + len(attachment.content) + 2
+    if attachment.attachment_id is not None:
+        size += len("attachment_id") + 4 + len(attachment.attachment_id) + 2
+    return size
+
+
+def message_size_bound(message: EmailMessage) -> int:
+    """An upper bound of the bytes ``message`` adds to a batch request body.
+
+    Counts the per-message idempotency key too, so the bound holds whether or
+    not the request includes it.
+    """
+    size = len(
+        _MESSAGE_SERIALIZER.to_json(
+            message, by_alias=True, exclude_none=True, exclude=_WITHOUT_ATTACHMENTS
+        )
+    )
+    if message.attachments:
+        size += len(',"attachments":[]') + len(message.attachments)
+        for attachment in message.attachments:
+            size += _attachment_bytes(attachment)
+    return size
+
+
+# ---------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """A recipient dropped because its address (case-insensitively) was already planned.
+
+    Not a failure: the person still gets the one email planned for them.
+    """
+
+    position: int
+    email: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PlannedBatch:
+    """One request's worth of messages, with the key that makes sending it idempotent.
+
+    ``messages[i]`` is for ``recipients[i]``; ``positions[i]`` is that
+    recipient's index in the source. ``size_bound`` is an upper bound of the
+    request body in bytes. ``attempt`` is 0 for a planned batch and n for the
+    n-th resend of part of it (:meth:`subset`).
+    """
+
+    index: int
+    messages: list[EmailMessage]
+    recipients: list[Recipient]
+    idempotency_key: str
+    size_bound: int
+    per_message_keys: bool = False
+    attempt: int = 0
+
+    @property
+    def positions(self) -> list[int]:
+        """The recipients' positions in the source, in batch order."""
+        return [recipient.position for recipient in self.recipients]
+
+    @property
+    def identities(self) -> list[str]:
+        """The recipients' normalised addresses, in batch order."""
+        return [recipient.identity for recipient in self.recipients]
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def to_request(self) -> BatchRequest:
+        """The request model (messages are not validated again)."""
+        return BatchRequest(messages=self.messages)
+
+    def to_json(self) -> bytes:
+        """The request body, with per-message keys when the plan asked for them."""
+        return self.to_request().to_json(include_idempotency_keys=self.per_message_keys)
+
+    def subset(self, indexes: Iterable[int], attempt: int) -> PlannedBatch:
+        """The items at ``indexes`` (positions in this batch) as a batch of their own.
+
+        For re-sending only the failed-and-retryable items of a partially
+        failed batch. The key is new (this is a different request body) but
+        stable: derived from this batch's key, ``attempt`` and the chosen
+        recipients, so re-running the same resend replays it. Indexes are
+        sorted and de-duplicated; the batch ``index`` is kept.
+        """
+        chosen = sorted(set(indexes))
+        if not chosen:
+            raise ValueError("a subset needs at least one index")
+        if chosen[0] < 0 or chosen[-1] >= len(self.messages):
+            raise IndexError(f"subset indexes must be in 0..{len(self.messages) - 1}")
+        if attempt < 1:
+            raise ValueError("attempt counts resends from 1")
+        recipients = [self.recipients[i] for i in chosen]
+        messages = [self.messages[i] for i in chosen]
+        parts = [self.idempotency_key, str(attempt)]
+        for recipient in recipients:
+            parts.append(str(recipient.position))
+            parts.append(recipient.identity)
+        digest = _digest(b"sendmux-resend", parts)
+        # The parent key is already key-safe; truncating it keeps nested
+        # resends short, and the digest covers it in full.
+        parent = self.idempotency_key[:80].rstrip("-")
+        return PlannedBatch(
+            index=self.index,
+            messages=messages,
+            recipients=recipients,
+            idempotency_key=f"{parent}-r{attempt}-{digest}",
+            size_bound=BATCH_ENVELOPE_BYTES
+            + sum(message_size_bound(message) + 1 for message in messages),
+            per_message_keys=self.per_message_keys,
+            attempt=attempt,
+        )
+
+
+PlanItem = PlannedBatch | RecipientFailure | Duplicate
+
+
+@dataclass(slots=True)
+class PlanStats:
+    """Running totals of a plan, complete once it is exhausted."""
+
+    recipients: int = 0
+    messages: int = 0
+    batches: int = 0
+    failures: int = 0
+    duplicates_dropped: int = 0
+
+
+# ---------------------------------------------------------------- dedupe
+
+
+class DigestSet:
+    """A set of 64-bit digests in one flat ``array('Q')``: linear probing, ≤ 70 % full.
+
+    Why not a ``set``: a ``set[int]`` of 64-bit digests costs ~80 bytes per
+    entry (a 32 to 48 byte int object plus ~32 bytes of table), ~80 MB per
+    million recipients; a ``set[str]`` of addresses more. Here an entry costs
+    8 bytes per slot, 11 to 23 bytes per entry depending on fill (24 MB peak
+    while growing past a million), at ~1 µs per insert in pure Python.
+
+    The trade-off: two different addresses with the same 64-bit digest would
+    be taken as duplicates, and the second dropped. With blake2b digests the
+    chance for n addresses is about n² / 2⁶⁵ (3 in 100 million at a million
+    recipients), and the digest is deterministic, so a re-run makes the
+    same decision and plans the same batches.
+    """
+
+    _INITIAL_SLOTS = 1 << 10
+
+    def __init__(self) -> None:
+        self._table = array("Q", [0]) * self._INITIAL_SLOTS
+        self._mask = self._INITIAL_SLOTS - 1
+        self._count = 0
+
+    @staticmethod
+    def digest(identity: str) -> int:
+        """The 64-bit digest of a normalised address (never 0: 0 marks an empty slot)."""
+        value = int.from_bytes(
+            hashlib.blake2b(identity.encode("utf-8", "surrogatepass"), digest_size=8).digest(),
+            "little",
+        )
+        return value or 1
+
+    def _slot(self, digest: int) -> int:
+        table, mask = self._table, self._mask
+        slot = digest & mask
+        while True:
+            value = table[slot]
+            if value == 0 or value == digest:
+                return slot
+            slot = (slot + 1) & mask
+
+    def __contains__(self, digest: object) -> bool:
+        return isinstance(digest, int) and self._table[self._slot(digest)] == digest
+
+    def add(self, digest: int) -> bool:
+        """Add ``digest``; True if it was new."""
+        slot = self._slot(digest)
+        if self._table[slot] == digest:
+            return False
+        self._table[slot] = digest
+        self._count += 1
+        if self._count * 10 > len(self._table) * 7:
+            self._grow()
+        return True
+
+    def _grow(self) -> None:
+        old = self._table
+        self._table = array("Q", [0]) * (len(old) * 2)
+        self._mask = len(self._table) - 1
+        for value in old:
+            if value:
+                self._table[self._slot(value)] = value
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the table."""
+        return len(self._table) * self._table.itemsize
+
+
+# ---------------------------------------------------------------- planning
+
+
+class BatchPlan(Iterator[PlanItem]):
+    """The lazy stream of a job's batches, failures and dropped duplicates.
+
+    Iterate it to get, in the order they are found, :class:`PlannedBatch`
+    (full batches as soon as they are full, the last one at the end),
+    :class:`~sendmux_dispatch.recipients.RecipientFailure` and
+    :class:`Duplicate` records. A failure is yielded when it is found, so it
+    may come before the batch holding recipients that preceded it.
+    :attr:`stats` keeps running totals. :meth:`batches` yields only the
+    batches, for callers that take failures through a callback.
+    """
+
+    def __init__(
+        self,
+        personalizer: Personalizer,
+        recipients: Iterable[object],
+        *,
+        job_key: str,
+        max_messages: int,
+        max_bytes: int,
+        dedupe: bool,
+        per_message_keys: bool,
+    ) -> None:
+        self.personalizer = personalizer
+        self.job_key = job_key
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.dedupe = dedupe
+        self.per_message_keys = per_message_keys
+        self.stats = PlanStats()
+        self._seen = DigestSet() if dedupe else None
+        self._items = self._plan(iter_recipients(recipients))
+
+    def __iter__(self) -> BatchPlan:
+        return self
+
+    def __next__(self) -> PlanItem:
+        return next(self._items)
+
+    def batches(
+        self,
+        on_failure: Callable[[RecipientFailure], object] | None = None,
+        on_duplicate: Callable[[Duplicate], object] | None = None,
+    ) -> Iterator[PlannedBatch]:
+        """Only the batches; failures and duplicates go to the callbacks (and :attr:`stats`)."""
+        for item in self:
+            if isinstance(item, PlannedBatch):
+                yield item
+            elif isinstance(item, RecipientFailure):
+                if on_failure is not None:
+                    on_failure(item)
+            elif on_duplicate is not None:
+                on_duplicate(item)
+
+    def _batch(
+        self, index: int, recipients: list[Recipient], messages: list[EmailMessage], size: int
+    ) -> PlannedBatch:
+        self.stats.batches += 1
+        self.stats.messages += len(messages)
+        key = batch_idempotency_key(
+            self.job_key, index, [recipient.identity for recipient in recipients]
+        )
+        return PlannedBatch(index, messages, recipients, key, size, self.per_message_keys)
+
+    def _plan(self, source: Iterator[Recipient | RecipientFailure]) -> Iterator[PlanItem]:
+        stats, seen, personalizer = self.stats, self._seen, self.personalizer
+        max_messages, max_bytes = self.max_messages, self.max_bytes
+        job_key, per_message_keys = self.job_key, self.per_message_keys
+        index = 0
+        recipients: list[Recipient] = []
+        messages: list[EmailMessage] = []
+        size = BATCH_ENVELOPE_BYTES
+        for item in source:
+            stats.recipients += 1
+            if isinstance(item, RecipientFailure):
+                stats.failures += 1
+                yield item
+                continue
+            digest = 0
+            if seen is not None:
+                digest = DigestSet.digest(item.identity)
+                if digest in seen:
+                    stats.duplicates_dropped += 1
+                    yield Duplicate(item.position, item.email)
+                    continue
+            key = (
+                message_idempotency_key(job_key, item.position, item.email)
+                if per_message_keys
+                else None
+            )
+            message = personalizer.personalize(item, idempotency_key=key)
+            if isinstance(message, RecipientFailure):
+                stats.failures += 1
+                yield message
+                continue
+            # +1: the comma that separates it from its neighbour.
+            message_size = message_size_bound(message) + 1
+            if BATCH_ENVELOPE_BYTES + message_size > max_bytes:
+                stats.failures += 1
+                yield RecipientFailure(
+                    item.position,
+                    item.email,
+                    "too_large",
+                    f"message: needs up to {message_size} bytes in a request body, over "
+                    f"the {max_bytes}-byte budget; shrink the bodies or upload "
+                    "attachments and refer to them by attachment_id",
+                )
+                continue
+            # Only a recipient that was actually planned blocks later copies:
+            # if the first row with an address is broken, a later good one is sent.
+            if seen is not None:
+                seen.add(digest)
+            if messages and size + message_size > max_bytes:
+                yield self._batch(index, recipients, messages, size)
+                index += 1
+                recipients, messages, size = [], [], BATCH_ENVELOPE_BYTES
+            recipients.append(item)
+            messages.append(message)
+            size += message_size
+            if len(messages) == max_messages:
+                # Handed out as soon as it is full, without reading the next
+                # recipient: taking n batches reads only the recipients they need.
+                yield self._batch(index, recipients, messages, size)
+                index += 1
+                recipients, messages, size = [], [], BATCH_ENVELOPE_BYTES
+        if messages:
+            yield self._batch(index, recipients, messages, size)
+
+
+def plan_batches(
+    template: Personalizer | Mapping[str, Any] | BaseModel,
+    recipients: Iterable[object],
+    *,
+    job_key: str,
+    max_messages: int = limits.MAX_BATCH_MESSAGES,
+    max_bytes: int = limits.MAX_REQUEST_BYTES,
+    dedupe: bool = True,
+    per_message_keys: bool = False,
+) -> BatchPlan:
+    """Plan a job lazily: see :class:`BatchPlan` for what iterating yields.
+
+    ``template`` is a :class:`~sendmux_dispatch.personalize.Personalizer` or
+    what one accepts (compiled and checked here, so a template syntax error
+    raises :class:`~sendmux_dispatch.errors.InvalidMessageError` before any
+    recipient is read). ``recipients`` is anything
+    :func:`~sendmux_dispatch.recipients.iter_recipients` accepts, including
+    :func:`~sendmux_dispatch.recipients.read_csv` output; it is consumed only
+    as far as the batches taken need.
+
+    ``job_key`` identifies the work (see :func:`job_key_for`); ``dedupe``
+    drops repeated addresses; ``per_message_keys`` also sets each message's
+    ``idempotency_key`` (:func:`message_idempotency_key`).
+    """
+    _check_job_key(job_key)
+    if not 1 <= max_messages <= limits.MAX_BATCH_MESSAGES:
+        raise ValueError(f"max_messages must be 1 to {limits.MAX_BATCH_MESSAGES}")
+    if not BATCH_ENVELOPE_BYTES < max_bytes <= limits.MAX_REQUEST_BYTES:
+        raise ValueError(
+            f"max_bytes must be more than {BATCH_ENVELOPE_BYTES} and at most "
+            f"{limits.MAX_REQUEST_BYTES}"
+        )
+    personalizer = template if isinstance(template, Personalizer) else Personalizer(template)
+    return BatchPlan(
+        personalizer,
+        recipients,
+        job_key=job_key,
+        max_messages=max_messages,
+        max_bytes=max_bytes,
+        dedupe=dedupe,
+        per_message_keys=per_message_keys,
+    )
