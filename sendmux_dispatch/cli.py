@@ -55,13 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _api_key(args: argparse.Namespace) -> str:
+def _api_key(args: argparse.Namespace) -> str | None:
     if args.api_key_file is not None:
-        return str(args.api_key_file.read_text(encoding="utf-8").strip())
-    key = os.environ.get(args.api_key_env, "").strip()
-    if not key:
-        raise SystemExit(f"sendmux-send: no API key: set {args.api_key_env} or pass --api-key-file")
-    return key
+        return str(args.api_key_file.read_text(encoding="utf-8").strip()) or None
+    return os.environ.get(args.api_key_env, "").strip() or None
 
 
 def _recipients(path: Path) -> Iterable[object]:
@@ -121,10 +118,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.recipients.is_file():
         print(f"sendmux-send: --recipients {args.recipients} is not a file", file=sys.stderr)
         return 2
+    api_key = _api_key(args)
+    if api_key is None:
+        print(
+            f"sendmux-send: no API key: set {args.api_key_env} or pass --api-key-file",
+            file=sys.stderr,
+        )
+        return 2
     progress = None if args.quiet else _ProgressLine(_count_rows(args.recipients), sys.stderr)
     try:
         with SendmuxClient(
-            _api_key(args), sending_url=args.sending_url, management_url=args.management_url
+            api_key, sending_url=args.sending_url, management_url=args.management_url
         ) as client:
             report = dispatch(
                 client,
