@@ -22,7 +22,13 @@ from sendmux_dispatch.client import (
     ClientStats,
     SendmuxClient,
 )
-from sendmux_dispatch.dispatch import AsyncDispatcher, Dispatcher, adispatch, dispatch
+from sendmux_dispatch.dispatch import (
+    AsyncDispatcher,
+    Dispatcher,
+    DispatchOptions,
+    adispatch,
+    dispatch,
+)
 from sendmux_dispatch.errors import (
     APIError,
     AuthenticationError,
@@ -90,6 +96,7 @@ __all__ = [
     "ClientStats",
     "ConflictError",
     "DeliveryLog",
+    "DispatchOptions",
     "DispatchReport",
     "Dispatcher",
     "Duplicate",

@@ -28,9 +28,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from threading import Lock
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypedDict, TypeVar
 
 from pydantic import BaseModel
+from typing_extensions import Unpack
 
 from sendmux_dispatch.batching import Duplicate, PlannedBatch, plan_batches
 from sendmux_dispatch.client import AsyncSendmuxClient, SendmuxClient
@@ -55,7 +56,7 @@ from sendmux_dispatch.report import (
     ResultWriter,
 )
 
-__all__ = ["AsyncDispatcher", "Dispatcher", "adispatch", "dispatch"]
+__all__ = ["AsyncDispatcher", "DispatchOptions", "Dispatcher", "adispatch", "dispatch"]
 
 #: Errors that would fail every batch of the job: stop instead of burning through the list.
 _JOB_STOPPERS = (AuthenticationError, PermissionDeniedError, InsufficientCreditsError)
@@ -213,6 +214,29 @@ def _batch_steps(batch: PlannedBatch, tally: _Tally, max_resends: int, delay: An
         current = current.subset(resend, attempt)
 
 
+class DispatchOptions(TypedDict, total=False):
+    """How a job is sent; every key is optional (defaults in brackets).
+
+    ``concurrency`` batches in flight [4]; ``pacer`` keeps the key under its
+    ceiling [the client's own]; ``on_progress`` is called after every batch;
+    ``max_failures`` kept in the report, the rest counted [100];
+    ``results_path`` gets one JSON line per recipient; ``max_resends`` of the
+    failed-and-retryable items of a batch [3]; ``preflight`` checks the key's
+    permission and the balance first [False]; ``dedupe`` drops repeated
+    addresses [True]; ``per_message_keys`` also sends per-message keys [False].
+    """
+
+    concurrency: int
+    pacer: Pacer | None
+    on_progress: ProgressCallback | None
+    max_failures: int
+    results_path: str | Path | None
+    max_resends: int
+    preflight: bool
+    dedupe: bool
+    per_message_keys: bool
+
+
 @dataclass(kw_only=True)
 class _Options:
     concurrency: int = 4
@@ -236,32 +260,9 @@ _C = TypeVar("_C", SendmuxClient, AsyncSendmuxClient)
 
 
 class _DispatcherBase(Generic[_C]):
-    def __init__(
-        self,
-        client: _C,
-        *,
-        concurrency: int = 4,
-        pacer: Pacer | None = None,
-        on_progress: ProgressCallback | None = None,
-        max_failures: int = DEFAULT_MAX_FAILURES,
-        results_path: str | Path | None = None,
-        max_resends: int = 3,
-        preflight: bool = False,
-        dedupe: bool = True,
-        per_message_keys: bool = False,
-    ) -> None:
+    def __init__(self, client: _C, **options: Unpack[DispatchOptions]) -> None:
         self.client: _C = client
-        self.options = _Options(
-            concurrency=concurrency,
-            pacer=pacer,
-            on_progress=on_progress,
-            max_failures=max_failures,
-            results_path=results_path,
-            max_resends=max_resends,
-            preflight=preflight,
-            dedupe=dedupe,
-            per_message_keys=per_message_keys,
-        )
+        self.options = _Options(**options)
 
 
 class Dispatcher(_DispatcherBase[SendmuxClient]):
@@ -493,35 +494,16 @@ def dispatch(
     recipients: Iterable[object],
     *,
     job_key: str,
-    concurrency: int = 4,
-    pacer: Pacer | None = None,
-    on_progress: ProgressCallback | None = None,
-    max_failures: int = DEFAULT_MAX_FAILURES,
-    results_path: str | Path | None = None,
-    max_resends: int = 3,
-    preflight: bool = False,
-    dedupe: bool = True,
-    per_message_keys: bool = False,
+    **options: Unpack[DispatchOptions],
 ) -> DispatchReport:
     """Send ``template`` to every recipient, in idempotent batches; return the report.
 
     ``job_key`` names the work (the same key re-run replays instead of
     re-sending); ``recipients`` is any iterable :func:`plan_batches` accepts,
     read lazily. Invalid recipients are reported, never raised; the job stops
-    early only on 401, 403 and 402.
+    early only on 401, 403 and 402. ``options`` are :class:`DispatchOptions`.
     """
-    return Dispatcher(
-        client,
-        concurrency=concurrency,
-        pacer=pacer,
-        on_progress=on_progress,
-        max_failures=max_failures,
-        results_path=results_path,
-        max_resends=max_resends,
-        preflight=preflight,
-        dedupe=dedupe,
-        per_message_keys=per_message_keys,
-    ).run(template, recipients, job_key=job_key)
+    return Dispatcher(client, **options).run(template, recipients, job_key=job_key)
 
 
 async def adispatch(
@@ -530,26 +512,7 @@ async def adispatch(
     recipients: Iterable[object],
     *,
     job_key: str,
-    concurrency: int = 4,
-    pacer: Pacer | None = None,
-    on_progress: ProgressCallback | None = None,
-    max_failures: int = DEFAULT_MAX_FAILURES,
-    results_path: str | Path | None = None,
-    max_resends: int = 3,
-    preflight: bool = False,
-    dedupe: bool = True,
-    per_message_keys: bool = False,
+    **options: Unpack[DispatchOptions],
 ) -> DispatchReport:
     """The asyncio twin of :func:`dispatch`."""
-    return await AsyncDispatcher(
-        client,
-        concurrency=concurrency,
-        pacer=pacer,
-        on_progress=on_progress,
-        max_failures=max_failures,
-        results_path=results_path,
-        max_resends=max_resends,
-        preflight=preflight,
-        dedupe=dedupe,
-        per_message_keys=per_message_keys,
-    ).run(template, recipients, job_key=job_key)
+    return await AsyncDispatcher(client, **options).run(template, recipients, job_key=job_key)
