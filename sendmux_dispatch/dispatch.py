@@ -317,6 +317,9 @@ class Dispatcher(_DispatcherBase[SendmuxClient]):
                         if len(in_flight) >= options.concurrency:
                             done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
                             settle(done)
+                            if stop is not None:  # a batch that just finished hit 401/403/402
+                                tally.whole_batch(item, "not_sent", stop.error)
+                                continue
                         in_flight.add(pool.submit(self._drive, item, tally))
                     else:
                         tally.plan_item(item)
@@ -397,6 +400,9 @@ class AsyncDispatcher(_DispatcherBase[AsyncSendmuxClient]):
                             in_flight, return_when=asyncio.FIRST_COMPLETED
                         )
                         settle(done)
+                        if stop is not None:  # a batch that just finished hit 401/403/402
+                            tally.whole_batch(item, "not_sent", stop.error)
+                            continue
                     in_flight.add(asyncio.ensure_future(self._drive(item, tally)))
                 else:
                     tally.plan_item(item)
