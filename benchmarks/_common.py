@@ -1,0 +1,163 @@
+"""Helpers shared by the benchmarks: timing loops, environment facts, the results page.
+
+Every figure in ``docs/benchmarks.md`` comes with the command that produced it.
+Each benchmark owns one section of that page, between ``<!-- bench:NAME -->``
+and ``<!-- /bench:NAME -->``, and rewrites only its own (:func:`write_section`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import os
+import platform
+import re
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_PAGE = ROOT / "docs" / "benchmarks.md"
+
+_INTRO = """# Benchmarks
+
+Every figure on this page comes with the exact command that produced it, the
+machine it ran on and the date. Re-run the command to check a figure; never
+edit one by hand. Each benchmark rewrites only its own section (between its
+`<!-- bench:NAME -->` markers) when run with `--write`.
+"""
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Repeated timings of one contender processing ``items`` items per run."""
+
+    name: str
+    items: int
+    seconds: tuple[float, ...]
+
+    @property
+    def median_rate(self) -> float:
+        """Items per second, from the median run (the figure we report)."""
+        return self.items / statistics.median(self.seconds)
+
+    @property
+    def best_rate(self) -> float:
+        """Items per second, from the fastest run (least disturbed by other load)."""
+        return self.items / min(self.seconds)
+
+
+def time_once(run: Callable[[], object]) -> float:
+    """Seconds one call of ``run`` takes, after a full collection.
+
+    The collector stays on: allocation and collection are part of the real
+    cost. Collecting first only keeps one run's garbage out of the next.
+    """
+    gc.collect()
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def compare(
+    contenders: dict[str, Callable[[], object]],
+    *,
+    items: int,
+    repeats: int,
+    warmup: int = 1,
+) -> dict[str, Timing]:
+    """Time every contender ``repeats`` times, interleaved, after ``warmup`` runs each.
+
+    Interleaving (A, B, C, A, B, C, ...) rather than running each contender's
+    repeats back to back means a burst of load from elsewhere on the machine
+    hits all of them alike, so their ratios stay meaningful.
+    """
+    for run in contenders.values():
+        for _ in range(warmup):
+            run()
+    seconds: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, run in contenders.items():
+            seconds[name].append(time_once(run))
+    return {
+        name: Timing(name=name, items=items, seconds=tuple(values))
+        for name, values in seconds.items()
+    }
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured markdown table; columns after the first are right-aligned."""
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "| " + " | ".join([":---"] + ["---:"] * (len(headers) - 1)) + " |",
+    ]
+    lines.extend("| " + " | ".join(row) + " |" for row in rows)
+    return "\n".join(lines)
+
+
+def command_line() -> str:
+    """The command that is running, as someone would type it from the repository root."""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        shown = str(script.relative_to(ROOT))
+    except ValueError:
+        shown = str(script)
+    return shlex.join(["python", shown, *sys.argv[1:]])
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def environment(packages: Sequence[str] = ()) -> dict[str, str]:
+    """Facts a reader needs to judge a figure: Python, CPUs, load, date, package versions."""
+    cpus = os.cpu_count() or 0
+    facts = {
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "platform": platform.platform(terse=True),
+        "cpus": str(cpus),
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    if hasattr(os, "getloadavg"):
+        facts["load average (1 min) at start"] = f"{os.getloadavg()[0]:.2f}"
+    for name in packages:
+        facts[name] = _version(name)
+    return facts
+
+
+def environment_markdown(facts: dict[str, str]) -> str:
+    """The environment as a markdown bullet list."""
+    return "\n".join(f"- {key}: {value}" for key, value in facts.items())
+
+
+def _markers(name: str) -> tuple[str, str]:
+    if not re.fullmatch(r"[a-z0-9_-]+", name):
+        raise ValueError(f"section names are lowercase words with - or _, not {name!r}")
+    return f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+
+
+def write_section(name: str, markdown: str, *, page: Path = RESULTS_PAGE) -> Path:
+    """Put ``markdown`` in section ``name`` of the results page, replacing its old text.
+
+    The page is created with its introduction when missing; other sections are
+    left exactly as they are; a new section goes at the end.
+    """
+    start, end = _markers(name)
+    block = f"{start}\n{markdown.strip()}\n{end}"
+    text = page.read_text(encoding="utf-8") if page.exists() else _INTRO
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _match: block, text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(text, encoding="utf-8")
+    return page
