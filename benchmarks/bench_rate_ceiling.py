@@ -179,9 +179,9 @@ def measure(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--limit", type=int, default=30, help="requests per window (scaled)")
-    parser.add_argument("--window", type=float, default=1.0, help="seconds (scaled)")
-    parser.add_argument("--seconds", type=float, default=20.0, help="length of the run")
+    parser.add_argument("--limit", type=int, default=300, help="requests per window (scaled)")
+    parser.add_argument("--window", type=float, default=10.0, help="seconds (scaled)")
+    parser.add_argument("--seconds", type=float, default=40.0, help="length of the run")
     parser.add_argument("--latency", type=float, default=0.1, help="sandbox latency per send")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument(
@@ -249,8 +249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 NOTES = """Notes: the pacer's effective ceiling is `floor(limit * (1 - headroom))`, so the
-default 2 % headroom caps a perfectly paced run at 98 % of the limit (29 of 30 per
-window: 96.7 % at this scale, where one request is 3.3 % of the window). The
+default 2 % headroom caps a perfectly paced run at 98 % of the limit. The scale is
+300 per 10 s rather than 30 per 1 s because the ceiling is rounded down to whole
+requests: at 30 per window it is 29 (96.7 %), an artefact of the scaling, not of
+pacing (at the real 1,800 per 60 s it is 1,764, 98 %). The
 moving window never lets more than the ceiling through in *any* window, which is
 what keeps the sandbox's fixed windows (aligned to multiples of the window) free
 of 429s; the cost is that every slot is reused exactly one window after it was
