@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -167,6 +168,14 @@ def run_cli(
     )
 
 
+def cli_deliveries(sandbox: Any) -> int:
+    # Counted by recipient, not from the global counter: the session's sandbox
+    # may still be finishing a slow request of an earlier test.
+    return sum(
+        1 for message in sandbox.messages() if re.fullmatch(r"c\d+@example\.com", message["to"])
+    )
+
+
 def test_cli_sends_reports_and_exits_1_when_a_recipient_failed(
     tmp_path: Path, sandbox: Any
 ) -> None:
@@ -175,7 +184,7 @@ def test_cli_sends_reports_and_exits_1_when_a_recipient_failed(
     assert "141 recipients, 140 queued, 0 failed, 1 invalid" in result.stdout
     assert "#140 nope: invalid_email" in result.stdout
     assert "100.0%" in result.stderr or "99." in result.stderr
-    assert sandbox.stats()["accepted_messages"] == 140
+    assert cli_deliveries(sandbox) == 140
     assert sandbox.api_key not in result.stdout + result.stderr
 
 
@@ -186,7 +195,7 @@ def test_cli_stops_on_a_bad_key_without_showing_it(tmp_path: Path, sandbox: Any)
     assert "stopped early: AuthenticationError" in result.stdout
     assert "140 not sent" in result.stdout
     assert secret not in result.stdout + result.stderr
-    assert sandbox.stats()["accepted_messages"] == 0
+    assert cli_deliveries(sandbox) == 0
 
 
 def test_cli_without_a_key_is_a_usage_error(tmp_path: Path, sandbox: Any) -> None:
