@@ -311,15 +311,13 @@ class Dispatcher(_DispatcherBase[SendmuxClient]):
 
                 for item in plan:
                     if isinstance(item, PlannedBatch):
-                        if stop is not None:
-                            tally.whole_batch(item, "not_sent", stop.error)
-                            continue
                         if len(in_flight) >= options.concurrency:
                             done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
                             settle(done)
-                            if stop is not None:  # a batch that just finished hit 401/403/402
-                                tally.whole_batch(item, "not_sent", stop.error)
-                                continue
+                        # Checked after the wait: the batch that freed the slot may have hit 401.
+                        if stop is not None:
+                            tally.whole_batch(item, "not_sent", stop.error)
+                            continue
                         in_flight.add(pool.submit(self._drive, item, tally))
                     else:
                         tally.plan_item(item)
@@ -392,17 +390,15 @@ class AsyncDispatcher(_DispatcherBase[AsyncSendmuxClient]):
         try:
             for item in plan:
                 if isinstance(item, PlannedBatch):
-                    if stop is not None:
-                        tally.whole_batch(item, "not_sent", stop.error)
-                        continue
                     if len(in_flight) >= options.concurrency:
                         done, in_flight = await asyncio.wait(
                             in_flight, return_when=asyncio.FIRST_COMPLETED
                         )
                         settle(done)
-                        if stop is not None:  # a batch that just finished hit 401/403/402
-                            tally.whole_batch(item, "not_sent", stop.error)
-                            continue
+                    # Checked after the wait: the batch that freed the slot may have hit 401.
+                    if stop is not None:
+                        tally.whole_batch(item, "not_sent", stop.error)
+                        continue
                     in_flight.add(asyncio.ensure_future(self._drive(item, tally)))
                 else:
                     tally.plan_item(item)
