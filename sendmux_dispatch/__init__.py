@@ -63,6 +63,10 @@ from sendmux_dispatch.models import (
     Me,
     Metrics,
     SendResult,
+    WireAddress,
+    WireMessage,
+    batch_body,
+    wire_message,
 )
 from sendmux_dispatch.pacing import InProcessPacer, RedisPacer, key_fingerprint
 from sendmux_dispatch.personalize import Personalizer
@@ -133,8 +137,11 @@ __all__ = [
     "ServiceUnavailableError",
     "TransportError",
     "ValidationError",
+    "WireAddress",
+    "WireMessage",
     "__version__",
     "adispatch",
+    "batch_body",
     "batch_idempotency_key",
     "dispatch",
     "iter_recipients",
@@ -144,4 +151,5 @@ __all__ = [
     "plan_batches",
     "read_csv",
     "read_jsonl",
+    "wire_message",
 ]

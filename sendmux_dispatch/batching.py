@@ -68,8 +68,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
+from pydantic_core import to_json
 
-from sendmux_dispatch.models import Attachment, BatchRequest, EmailMessage, limits
+from sendmux_dispatch.models import WireMessage, batch_body, limits
 from sendmux_dispatch.personalize import Personalizer
 from sendmux_dispatch.recipients import (
     Recipient,
@@ -158,8 +159,6 @@ def job_key_for(*parts: object) -> str:
 
 # ---------------------------------------------------------------- sizes
 
-_MESSAGE_SERIALIZER = EmailMessage.__pydantic_serializer__
-_WITHOUT_ATTACHMENTS = {"attachments"}
 _encode_json_string: Callable[[str], str] = json.encoder.encode_basestring
 #: ``{"messages":[`` + ``]}``: a batch body's bytes besides its messages and commas.
 BATCH_ENVELOPE_BYTES = len('{"messages":[]}')
@@ -172,37 +171,28 @@ def _json_string_bytes(text: str) -> int:
     return len(escaped) if escaped.isascii() else len(escaped.encode("utf-8", "surrogatepass"))
 
 
-def _attachment_bytes(attachment: Attachment) -> int:
-    size = 2  # {}
-    for name in ("filename", "type", "encoding"):
-        value = getattr(attachment, name)
-        if value is not None:
-            size += len(name) + 4 + _json_string_bytes(value)  # "name": ... ,
-    # content (base64) and attachment_id (att_...) are validated to contain no
-    # character JSON escapes, so their length is exact without copying them.
-    if attachment.content is not None:
-        size += len("content") + 4 + len(attachment.content) + 2
-    if attachment.attachment_id is not None:
-        size += len("attachment_id") + 4 + len(attachment.attachment_id) + 2
+def _attachment_bytes(attachment: Mapping[str, str]) -> int:
+    size = 1  # {} less the comma the last field does not have
+    for name, value in attachment.items():
+        # "name":value, -- content is validated base64 (nothing to escape),
+        # so its length is exact without copying megabytes to escape them.
+        size += len(name) + 4
+        size += len(value) + 2 if name == "content" else _json_string_bytes(value)
     return size
 
 
-def message_size_bound(message: EmailMessage) -> int:
+def message_size_bound(message: WireMessage) -> int:
     """An upper bound of the bytes ``message`` adds to a batch request body.
 
     Counts the per-message idempotency key too, so the bound holds whether or
     not the request includes it.
     """
-    size = len(
-        _MESSAGE_SERIALIZER.to_json(
-            message, by_alias=True, exclude_none=True, exclude=_WITHOUT_ATTACHMENTS
-        )
-    )
-    if message.attachments:
-        size += len(',"attachments":[]') + len(message.attachments)
-        for attachment in message.attachments:
-            size += _attachment_bytes(attachment)
-    return size
+    attachments = message.get("attachments")
+    if not attachments:
+        return len(to_json(message))
+    rest = {key: value for key, value in message.items() if key != "attachments"}
+    size = len(to_json(rest)) + len(',"attachments":[]') + len(attachments)
+    return size + sum(_attachment_bytes(attachment) for attachment in attachments)
 
 
 # ---------------------------------------------------------------- records
@@ -230,7 +220,7 @@ class PlannedBatch:
     """
 
     index: int
-    messages: list[EmailMessage]
+    messages: list[WireMessage]
     recipients: list[Recipient]
     idempotency_key: str
     size_bound: int
@@ -250,13 +240,9 @@ class PlannedBatch:
     def __len__(self) -> int:
         return len(self.messages)
 
-    def to_request(self) -> BatchRequest:
-        """The request model (messages are not validated again)."""
-        return BatchRequest(messages=self.messages)
-
     def to_json(self) -> bytes:
         """The request body, with per-message keys when the plan asked for them."""
-        return self.to_request().to_json(include_idempotency_keys=self.per_message_keys)
+        return batch_body(self.messages, include_idempotency_keys=self.per_message_keys)
 
     def subset(self, indexes: Iterable[int], attempt: int) -> PlannedBatch:
         """The items at ``indexes`` (positions in this batch) as a batch of their own.
@@ -443,7 +429,7 @@ class BatchPlan(Iterator[PlanItem]):
                 on_duplicate(item)
 
     def _batch(
-        self, index: int, recipients: list[Recipient], messages: list[EmailMessage], size: int
+        self, index: int, recipients: list[Recipient], messages: list[WireMessage], size: int
     ) -> PlannedBatch:
         self.stats.batches += 1
         self.stats.messages += len(messages)
@@ -458,7 +444,7 @@ class BatchPlan(Iterator[PlanItem]):
         job_key, per_message_keys = self.job_key, self.per_message_keys
         index = 0
         recipients: list[Recipient] = []
-        messages: list[EmailMessage] = []
+        messages: list[WireMessage] = []
         size = BATCH_ENVELOPE_BYTES
         for item in source:
             stats.recipients += 1

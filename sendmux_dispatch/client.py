@@ -47,14 +47,16 @@ from sendmux_dispatch.errors import (
 )
 from sendmux_dispatch.models import (
     Balance,
-    BatchRequest,
     BatchResult,
     DeliveryLog,
     EmailMessage,
     Me,
     Metrics,
     SendResult,
+    WireMessage,
+    batch_body,
     limits,
+    wire_message,
 )
 from sendmux_dispatch.ratelimit import Pacer, RateLimitState
 from sendmux_dispatch.retry import RetryPolicy
@@ -337,7 +339,7 @@ class _BaseClient:
         idempotency_key: str | None,
         per_message_keys: bool,
     ) -> _Call:
-        key = _check_idempotency_key(idempotency_key)
+        _check_idempotency_key(idempotency_key)  # before the work of validating
         items = list(messages)
         if not 1 <= len(items) <= limits.MAX_BATCH_MESSAGES:
             raise InvalidMessageError(
@@ -350,11 +352,11 @@ class _BaseClient:
                     )
                 ]
             )
-        validated: list[EmailMessage] = []
+        validated: list[WireMessage] = []
         issues: list[FieldIssue] = []
         for index, item in enumerate(items):
             try:
-                validated.append(EmailMessage.model_validate(item))
+                validated.append(wire_message(item))
             except InvalidMessageError as exc:
                 issues.extend(
                     FieldIssue(f"messages.{index}.{issue.field}", issue.code, issue.message)
@@ -366,7 +368,12 @@ class _BaseClient:
         # the body, as the product docs describe; the OpenAPI spec's batch
         # schema has no such field (additionalProperties: false). The header
         # key is what protects the batch either way.
-        body = BatchRequest(messages=validated).to_json(include_idempotency_keys=per_message_keys)
+        return self._batch_body_call(
+            batch_body(validated, include_idempotency_keys=per_message_keys), idempotency_key
+        )
+
+    def _batch_body_call(self, body: bytes, idempotency_key: str | None) -> _Call:
+        key = _check_idempotency_key(idempotency_key)
         self._check_size(body)
         return _Call("POST", "sending", "/emails/send/batch", body=body, idempotency_key=key)
 
@@ -685,6 +692,17 @@ class SendmuxClient(_BaseClient):
         reply = self._request(call)
         return self._model(call, reply, BatchResult, request_id=reply.request_id)
 
+    def send_batch_body(self, body: bytes, *, idempotency_key: str | None = None) -> BatchResult:
+        """POST /emails/send/batch with a body that is already validated and encoded.
+
+        For bodies from :meth:`PlannedBatch.to_json` or
+        :func:`~sendmux_dispatch.models.batch_body`: only the size is checked
+        here, the messages are not validated again.
+        """
+        call = self._batch_body_call(body, idempotency_key)
+        reply = self._request(call)
+        return self._model(call, reply, BatchResult, request_id=reply.request_id)
+
     def me(self) -> Me:
         """GET /me on the Sending API: the key's team, label and permissions."""
         call = _Call("GET", "sending", "/me")
@@ -819,6 +837,19 @@ class AsyncSendmuxClient(_BaseClient):
     ) -> BatchResult:
         """POST /emails/send/batch: 1 to 100 messages; the result reports each by index."""
         call = self._batch_call(messages, idempotency_key, per_message_keys)
+        reply = await self._request(call)
+        return self._model(call, reply, BatchResult, request_id=reply.request_id)
+
+    async def send_batch_body(
+        self, body: bytes, *, idempotency_key: str | None = None
+    ) -> BatchResult:
+        """POST /emails/send/batch with a body that is already validated and encoded.
+
+        For bodies from :meth:`PlannedBatch.to_json` or
+        :func:`~sendmux_dispatch.models.batch_body`: only the size is checked
+        here, the messages are not validated again.
+        """
+        call = self._batch_body_call(body, idempotency_key)
         reply = await self._request(call)
         return self._model(call, reply, BatchResult, request_id=reply.request_id)
 

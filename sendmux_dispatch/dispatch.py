@@ -337,10 +337,8 @@ class Dispatcher(_DispatcherBase[SendmuxClient]):
                 time.sleep(step.seconds)
             else:
                 try:
-                    reply = self.client.send_batch(
-                        step.batch.messages,
-                        idempotency_key=step.batch.idempotency_key,
-                        per_message_keys=step.batch.per_message_keys,
+                    reply = self.client.send_batch_body(
+                        step.batch.to_json(), idempotency_key=step.batch.idempotency_key
                     )
                 except SendmuxError as exc:
                     reply = exc
@@ -422,10 +420,8 @@ class AsyncDispatcher(_DispatcherBase[AsyncSendmuxClient]):
                 await asyncio.sleep(step.seconds)
             else:
                 try:
-                    reply = await self.client.send_batch(
-                        step.batch.messages,
-                        idempotency_key=step.batch.idempotency_key,
-                        per_message_keys=step.batch.per_message_keys,
+                    reply = await self.client.send_batch_body(
+                        step.batch.to_json(), idempotency_key=step.batch.idempotency_key
                     )
                 except SendmuxError as exc:
                     reply = exc

@@ -20,9 +20,13 @@ Cost model, because this runs once per recipient:
   :class:`~sendmux_dispatch.errors.InvalidMessageError` there, before any
   recipient is read;
 * a field without Jinja syntax is not rendered at all;
-* the fixed fields (``from``, ``cc``, attachments, ...) are validated once and
-  their model instances reused: each message is a shallow copy of one prepared
-  dict, and the message model trusts instances it has already validated;
+* the fixed fields (``from``, ``cc``, attachments, ...) are validated once, in
+  the wire shape: each message is a shallow copy of one prepared dict;
+* each message is validated as a dict (:func:`~sendmux_dispatch.models.wire_message`,
+  one pydantic-core call, no model instances), and attachments, already
+  validated (the template's here, a recipient's when its ``Attachment`` was
+  built), are added after that check instead of being scanned again for
+  every recipient;
 * one context dict per recipient is shared by the three templates.
 
 A problem with one recipient (an undefined variable, an address the model
@@ -50,7 +54,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel
 
 from sendmux_dispatch.errors import FieldIssue, InvalidMessageError
-from sendmux_dispatch.models import EmailMessage, text_to_html
+from sendmux_dispatch.models import EmailMessage, WireMessage, limits, text_to_html, wire_message
 from sendmux_dispatch.recipients import Recipient, RecipientFailure
 
 __all__ = ["TEMPLATE_FIELDS", "Personalizer", "failure_from_error", "has_template_syntax"]
@@ -124,21 +128,15 @@ class Personalizer:
             probe[field] = _PLACEHOLDER
         probe["to"] = _PLACEHOLDER_TO
         try:
-            prototype = EmailMessage.model_validate(probe)
+            prototype = EmailMessage.model_validate(probe).to_wire()
         except InvalidMessageError as exc:
             raise InvalidMessageError(
                 exc.errors, message="the message template is not a valid message"
             ) from None
-        base: dict[str, Any] = {}
-        for name, info in EmailMessage.model_fields.items():
-            key = info.alias or name
-            if key not in data or key in ("to", "idempotency_key"):
-                # Absent fields stay absent: html_body derived from text_body
-                # is derived again from each recipient's rendered text.
-                continue
-            # The validated instances (Address, Attachment): the model does
-            # not validate instances again, so copying them costs nothing.
-            base[key] = getattr(prototype, name)
+        # Absent fields stay absent: html_body derived from text_body is
+        # derived again from each recipient's rendered text.
+        base = {key: value for key, value in prototype.items() if key in data and key != "to"}
+        self._attachments: list[dict[str, Any]] = base.pop("attachments", [])
         return base
 
     @property
@@ -156,34 +154,60 @@ class Personalizer:
         return context
 
     def render(self, recipient: Recipient, *, idempotency_key: str | None = None) -> EmailMessage:
-        """The validated message for ``recipient``.
+        """The validated message for ``recipient``, as a model.
 
         Raises :class:`~sendmux_dispatch.errors.InvalidMessageError` naming the
         field, e.g. ``text_body: undefined variable 'first_name'`` or
         ``to.email: 'x@' is not a valid email address ...``.
         """
+        return EmailMessage.model_validate(
+            self.render_wire(recipient, idempotency_key=idempotency_key)
+        )
+
+    def render_wire(
+        self, recipient: Recipient, *, idempotency_key: str | None = None
+    ) -> WireMessage:
+        """Like :meth:`render`, as a dict in the wire shape (what batching uses: faster)."""
         data = self._base.copy()
         data["to"] = (
             {"email": recipient.email, "name": recipient.name}
             if recipient.name is not None
             else {"email": recipient.email}
         )
-        if recipient.attachments:
-            data["attachments"] = [*data.get("attachments", ()), *recipient.attachments]
         if idempotency_key is not None:
             data["idempotency_key"] = idempotency_key
         if self._compiled:
             context = self.context(recipient)
             for field, template in self._compiled:
                 data[field] = _render(field, template, context)
-        return EmailMessage.model_validate(data)
+        message = wire_message(data)
+        if self._attachments or recipient.attachments:
+            message["attachments"] = self._attachments_for(recipient)
+        return message
+
+    def _attachments_for(self, recipient: Recipient) -> list[dict[str, str]]:
+        attachments = self._attachments + [
+            attachment.model_dump(exclude_none=True) for attachment in recipient.attachments
+        ]
+        if len(attachments) > limits.MAX_ATTACHMENTS:
+            raise InvalidMessageError(
+                [
+                    FieldIssue(
+                        "attachments",
+                        "too_many",
+                        f"has {len(attachments)} items (the template's and the recipient's); "
+                        f"the limit is {limits.MAX_ATTACHMENTS}",
+                    )
+                ]
+            )
+        return attachments
 
     def personalize(
         self, recipient: Recipient, *, idempotency_key: str | None = None
-    ) -> EmailMessage | RecipientFailure:
-        """Like :meth:`render`, but a problem is returned as a failure, not raised."""
+    ) -> WireMessage | RecipientFailure:
+        """Like :meth:`render_wire`, but a problem is returned as a failure, not raised."""
         try:
-            return self.render(recipient, idempotency_key=idempotency_key)
+            return self.render_wire(recipient, idempotency_key=idempotency_key)
         except InvalidMessageError as exc:
             return failure_from_error(recipient, exc)
 

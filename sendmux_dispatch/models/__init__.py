@@ -31,6 +31,7 @@ from sendmux_dispatch.models.responses import (
     SendResult,
     Team,
 )
+from sendmux_dispatch.models.wire import WireAddress, WireMessage, batch_body, wire_message
 
 __all__ = [
     "TERMINAL_STATUSES",
@@ -57,7 +58,11 @@ __all__ = [
     "MetricsPoint",
     "SendResult",
     "Team",
+    "WireAddress",
+    "WireMessage",
+    "batch_body",
     "limits",
     "parse_address",
     "text_to_html",
+    "wire_message",
 ]

@@ -52,6 +52,7 @@ HeaderValue = Annotated[
         max_length=limits.MAX_HEADER_VALUE_CHARS, pattern=limits.NO_LINE_BREAKS_PATTERN
     ),
 ]
+NonEmptyBody = Annotated[str, StringConstraints(min_length=1)]
 IdempotencyKey = Annotated[str, StringConstraints(pattern=limits.IDEMPOTENCY_KEY_PATTERN)]
 DeliveryGroupId = Annotated[str, StringConstraints(pattern=limits.DELIVERY_GROUP_PATTERN)]
 
@@ -181,7 +182,7 @@ class EmailMessage(_RequestModel):
     from_: Address = Field(alias="from")
     to: Address
     subject: Subject
-    html_body: Annotated[str, StringConstraints(min_length=1)] | None = None
+    html_body: NonEmptyBody | None = None
     text_body: str | None = None
     reply_to: Address | None = None
     return_path: EmailAddress | None = None
@@ -213,7 +214,7 @@ class EmailMessage(_RequestModel):
         if (
             html_body is not None
             and message.attachments is None
-            and len(html_body) + len(message.text_body or "") <= _OBVIOUSLY_SMALL_BODIES
+            and len(html_body) + len(message.text_body or "") <= OBVIOUSLY_SMALL_BODIES
         ):
             # Nothing to derive and far below the size limit whatever the
             # encoding: skip the size estimate, which costs as much again as
@@ -268,7 +269,7 @@ _MISSING_BODY = FieldIssue(
 #: Bodies (in characters) that cannot make a message too large: a character
 #: is at most 4 UTF-8 bytes, and the subject (at most 998 characters) and the
 #: 512 bytes allowed for the rest come on top, as in EmailMessage.approx_size.
-_OBVIOUSLY_SMALL_BODIES = (limits.MAX_REQUEST_BYTES // 4) - 512 - limits.MAX_SUBJECT_CHARS
+OBVIOUSLY_SMALL_BODIES = (limits.MAX_REQUEST_BYTES // 4) - 512 - limits.MAX_SUBJECT_CHARS
 
 
 def _invalid_message(exc: PydanticValidationError, data: Any) -> InvalidMessageError:

@@ -27,11 +27,13 @@ from sendmux_dispatch import (
     NotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
+    PlannedBatch,
     RateLimitError,
     ServerError,
     ServiceUnavailableError,
     TransportError,
     ValidationError,
+    plan_batches,
 )
 from sendmux_dispatch.client import (
     DEFAULT_MANAGEMENT_URL,
@@ -456,6 +458,35 @@ def test_batch_over_25_mb_is_refused_before_sending(client: Any) -> None:
         client.send_batch([_msg(html_body=half), _msg(html_body=half)])
     [issue] = caught.value.errors
     assert str(limits.MAX_REQUEST_BYTES) in issue.message
+    assert client.stats.requests == 0
+
+
+def test_send_batch_body_posts_a_planned_batch_as_it_is(client: Any, sandbox: Any) -> None:
+    recipients = [_addr() for _ in range(3)]
+    [batch] = [
+        item
+        for item in plan_batches(
+            {"from": "Sender <sender@example.com>", "subject": "Hi {{ name }}", "text_body": "x"},
+            recipients,
+            job_key="body-test",
+        )
+        if isinstance(item, PlannedBatch)
+    ]
+    result = client.send_batch_body(batch.to_json(), idempotency_key=batch.idempotency_key)
+    assert result.summary.queued == 3
+    for to in recipients:
+        [stored] = sandbox.messages(to=to)
+        assert stored["id"] in {item.message_id for item in result.queued}
+    again = client.send_batch_body(batch.to_json(), idempotency_key=batch.idempotency_key)
+    assert again.summary.queued == 3
+    assert sandbox.stats()["accepted_messages"] == 3  # the replay sent nobody twice
+
+
+def test_send_batch_body_checks_only_the_size(client: Any) -> None:
+    with pytest.raises(InvalidMessageError) as caught:
+        client.send_batch_body(b" " * (limits.MAX_REQUEST_BYTES + 1))
+    [issue] = caught.value.errors
+    assert issue.field == "body"
     assert client.stats.requests == 0
 
 

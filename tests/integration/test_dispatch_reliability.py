@@ -37,7 +37,7 @@ from sendmux_dispatch import (
     adispatch,
     dispatch,
 )
-from sendmux_dispatch.models import Attachment, EmailMessage
+from sendmux_dispatch.models import Attachment, WireMessage, wire_message
 from sendmux_dispatch.personalize import Personalizer
 from sendmux_dispatch.recipients import Recipient
 from sendmux_sandbox.config import FaultConfig, SandboxConfig
@@ -352,14 +352,15 @@ def test_key_without_send_permission_stops_the_job_before_anything_is_delivered(
 class _CcFromVariables(Personalizer):
     """TEMPLATE plus a per-recipient cc list of ``cc_count`` addresses (not a template field)."""
 
-    def render(self, recipient: Recipient, *, idempotency_key: str | None = None) -> EmailMessage:
-        message = super().render(recipient, idempotency_key=idempotency_key)
+    def render_wire(
+        self, recipient: Recipient, *, idempotency_key: str | None = None
+    ) -> WireMessage:
+        message = super().render_wire(recipient, idempotency_key=idempotency_key)
         count = int(recipient.variables.get("cc_count", 0))
         if not count:
             return message
-        wire = message.to_wire()
-        wire["cc"] = [f"cc{k}.{recipient.position}@team.example.net" for k in range(count)]
-        return EmailMessage.model_validate(wire)
+        cc = [f"cc{k}.{recipient.position}@team.example.net" for k in range(count)]
+        return wire_message({**message, "cc": cc})
 
 
 def test_messages_the_server_refuses_are_reported_per_recipient_while_the_rest_are_queued(

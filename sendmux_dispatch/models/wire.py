@@ -1,0 +1,143 @@
+"""Messages as plain dicts in the API's wire shape, validated on a fast path.
+
+:class:`~sendmux_dispatch.models.EmailMessage` is the reference for what a
+valid message is: it accepts ``"Name <email>"`` strings, derives ``html_body``
+from ``text_body``, checks attachments and sizes, and explains every problem.
+Building one costs a model instance per message and per address, which is
+most of the time a large batch spends in our code.
+
+:func:`wire_message` validates a dict *as dicts*: one pydantic-core call over
+a TypedDict schema with the same field types as the model (same patterns,
+same limits), returning a new dict ready for JSON. Anything that schema does
+not cover (attachments, address strings, ``from_``, a missing html_body,
+bodies big enough to approach the size limit) and anything it refuses is
+handed to ``EmailMessage``, so the answer, and every error message, is the
+model's. Tests hold the two to the same verdicts and the same JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any
+
+from pydantic import ConfigDict, Field, TypeAdapter
+from pydantic import ValidationError as PydanticValidationError
+from pydantic_core import to_json
+from typing_extensions import NotRequired, Required, TypedDict
+
+from sendmux_dispatch.models import limits
+from sendmux_dispatch.models.message import (
+    OBVIOUSLY_SMALL_BODIES,
+    DeliveryGroupId,
+    DisplayName,
+    EmailAddress,
+    EmailMessage,
+    HeaderName,
+    HeaderValue,
+    IdempotencyKey,
+    NonEmptyBody,
+    Subject,
+    text_to_html,
+)
+
+__all__ = ["WireAddress", "WireMessage", "batch_body", "wire_message"]
+
+_CONFIG = ConfigDict(extra="forbid", regex_engine="rust-regex")
+
+
+class WireAddress(TypedDict):
+    """``{"email": ..., "name": ...}``: an address as the API takes it."""
+
+    __pydantic_config__ = _CONFIG  # type: ignore[misc]
+    email: Required[EmailAddress]
+    name: NotRequired[DisplayName]
+
+
+WireAddresses = Annotated[list[WireAddress], Field(max_length=limits.DOCS_MAX_CC)]
+
+# Functional syntax because "from" is a keyword. Every key is the wire name of
+# an EmailMessage field; tests check that the two lists agree.
+WireMessage = TypedDict(
+    "WireMessage",
+    {
+        "from": Required[WireAddress],
+        "to": Required[WireAddress],
+        "subject": Required[Subject],
+        "html_body": NotRequired[NonEmptyBody],
+        "text_body": NotRequired[str],
+        "reply_to": NotRequired[WireAddress],
+        "return_path": NotRequired[EmailAddress],
+        "cc": NotRequired[WireAddresses],
+        "bcc": NotRequired[WireAddresses],
+        "custom_headers": NotRequired[dict[HeaderName, HeaderValue]],
+        # Typed loosely here: a message with attachments is always validated
+        # by EmailMessage (Attachment checks one-of forms and base64 lengths).
+        "attachments": NotRequired[list[dict[str, str]]],
+        "delivery_group": NotRequired[DeliveryGroupId | list[DeliveryGroupId]],
+        "idempotency_key": NotRequired[IdempotencyKey],
+    },
+)
+WireMessage.__doc__ = "A message as the API takes it, as a dict (see :func:`wire_message`)."
+WireMessage.__pydantic_config__ = _CONFIG  # type: ignore[attr-defined]
+
+_FAST = TypeAdapter(WireMessage)
+_FAST_VALIDATE = _FAST.validate_python
+
+
+def wire_message(data: Mapping[str, Any] | EmailMessage) -> WireMessage:
+    """``data`` validated as one message, as a new JSON-ready dict in the wire shape.
+
+    Accepts everything :class:`~sendmux_dispatch.models.EmailMessage` does
+    and gives the same result as ``EmailMessage.model_validate(data).to_wire()``
+    (idempotency_key included when set), only faster for the common case.
+    Raises :class:`~sendmux_dispatch.errors.InvalidMessageError`, naming every
+    field at fault, exactly as the model does.
+    """
+    if isinstance(data, EmailMessage):
+        return _from_model(data)
+    if not isinstance(data, Mapping) or "attachments" in data:
+        return _from_model(EmailMessage.model_validate(data))
+    try:
+        message = _FAST_VALIDATE(data)
+    except PydanticValidationError:
+        # Refused, or in a shape only the model reads (address strings,
+        # from_): the model decides, and words any error.
+        return _from_model(EmailMessage.model_validate(data))
+    html_body = message.get("html_body")
+    text_body = message.get("text_body")
+    if html_body is None:
+        if not text_body:
+            return _from_model(EmailMessage.model_validate(data))  # raises: no body
+        html_body = message["html_body"] = text_to_html(text_body)
+    if len(html_body) + len(text_body or "") > OBVIOUSLY_SMALL_BODIES:
+        # Big enough that the size check matters: the model does it.
+        return _from_model(EmailMessage.model_validate(data))
+    return message
+
+
+def _from_model(message: EmailMessage) -> WireMessage:
+    wire: WireMessage = message.model_dump(  # type: ignore[assignment]
+        mode="json", by_alias=True, exclude_none=True
+    )
+    return wire
+
+
+def batch_body(messages: Iterable[WireMessage], *, include_idempotency_keys: bool = False) -> bytes:
+    """The JSON body of POST /emails/send/batch for validated wire messages.
+
+    Per-message ``idempotency_key`` s are left out unless asked for: the
+    spec's batch schema has no such field, the request's header key is what
+    protects a batch.
+    """
+    if include_idempotency_keys:
+        return to_json({"messages": list(messages)})
+    return to_json(
+        {
+            "messages": [
+                message
+                if "idempotency_key" not in message
+                else {key: value for key, value in message.items() if key != "idempotency_key"}
+                for message in messages
+            ]
+        }
+    )
