@@ -200,6 +200,20 @@ def test_recipient_attachments_are_added_to_the_templates() -> None:
     assert [a.filename for a in theirs.attachments or []] == ["terms.txt"]
 
 
+def test_more_than_ten_attachments_in_all_is_that_recipients_failure() -> None:
+    shared = [Attachment.from_bytes(b"t", f"t{i}.txt") for i in range(8)]
+    own = tuple(Attachment.from_bytes(b"o", f"o{i}.txt") for i in range(3))
+    personalizer = Personalizer({**TEMPLATE, "attachments": shared})
+    failure = personalizer.personalize(
+        Recipient("a@example.com", variables={"plan": "x"}, attachments=own, position=4)
+    )
+    assert isinstance(failure, RecipientFailure)
+    assert (failure.position, failure.code) == (4, "too_many")
+    assert "11" in failure.reason and "10" in failure.reason
+    fine = personalizer.render_wire(Recipient("b@example.com", variables={"plan": "x"}))
+    assert [a["filename"] for a in fine["attachments"]] == [f"t{i}.txt" for i in range(8)]
+
+
 def test_idempotency_key_is_set_when_given() -> None:
     message = Personalizer(TEMPLATE).render(ann(), idempotency_key="job-m1-abc")
     assert message.idempotency_key == "job-m1-abc"
