@@ -6,6 +6,7 @@ sandbox, not to the API it imitates.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,8 @@ from sendmux_sandbox.state import OUTCOME_NAMES
 __all__ = ["admin_routes"]
 
 _DEFAULT_MESSAGES = 1000
+#: How long a reset waits for send requests that are still storing their messages.
+_DRAIN_SECONDS = 60.0
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
@@ -101,8 +104,19 @@ def admin_routes(sandbox: Sandbox) -> dict[str, tuple[Endpoint, list[str]]]:
         return JSONResponse({"faults": sandbox.dice.config.to_dict()})
 
     async def reset(request: Request) -> JSONResponse:
+        # Let requests that are still storing messages (a fault's latency, a
+        # slow client) finish first, or they would land in the fresh state.
+        # Those sleeping *after* acceptance change nothing and are not waited for.
+        deadline = time.monotonic() + _DRAIN_SECONDS
+        # Polled, not an asyncio.Event: SandboxState is guarded by a thread
+        # lock and knows nothing of event loops.
+        while sandbox.state.accepting_requests and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+        drained = not sandbox.state.accepting_requests
         sandbox.reset()
-        return JSONResponse({"reset": True, "faults": sandbox.dice.config.to_dict()})
+        return JSONResponse(
+            {"reset": True, "drained": drained, "faults": sandbox.dice.config.to_dict()}
+        )
 
     return {
         "/stats": (get_stats, ["GET"]),

@@ -20,7 +20,7 @@ from sendmux_sandbox.envelope import (
     json_response,
     success_body,
 )
-from sendmux_sandbox.faults import DroppedResponse
+from sendmux_sandbox.faults import DroppedResponse, FaultPlan
 from sendmux_sandbox.state import message_body_hash
 from sendmux_sandbox.validation import validate_batch_shape, validate_message
 
@@ -149,6 +149,28 @@ def _send_many(sandbox: Sandbox, call: Call, payload: Any, header_key: str | Non
 
 
 async def _send(sandbox: Sandbox, call: Call, *, batch: bool) -> Response:
+    # Counted until the messages are stored (or refused): a reset waits for
+    # these, so a request that was still on its way in cannot land afterwards.
+    with sandbox.state.accepting():
+        accepted = await _receive(sandbox, call, batch=batch)
+    if isinstance(accepted, Response):
+        return accepted
+    response_body, status, plan = accepted
+    if plan.after_accept is not None:
+        with sandbox.state.lock:
+            sandbox.state.faults[plan.after_accept] += 1
+        if plan.after_accept == "drop_after_accept":
+            return DroppedResponse(
+                response_body, status, call.headers, media_type="application/json"
+            )
+        await asyncio.sleep(sandbox.dice.config.slow_seconds)
+    return json_response(response_body, status, call.headers)
+
+
+async def _receive(
+    sandbox: Sandbox, call: Call, *, batch: bool
+) -> Response | tuple[bytes, int, FaultPlan]:
+    """Store the messages; the response to send, or the body, status and fault plan."""
     request = call.request
     state = sandbox.state
     body = await read_body(request, sandbox.config.max_request_bytes)
@@ -210,16 +232,7 @@ async def _send(sandbox: Sandbox, call: Call, *, batch: bool) -> Response:
     finally:
         if scope is not None:
             state.abandon_request(scope)
-
-    if plan.after_accept is not None:
-        with state.lock:
-            state.faults[plan.after_accept] += 1
-        if plan.after_accept == "drop_after_accept":
-            return DroppedResponse(
-                response_body, status, call.headers, media_type="application/json"
-            )
-        await asyncio.sleep(sandbox.dice.config.slow_seconds)
-    return json_response(response_body, status, call.headers)
+    return response_body, status, plan
 
 
 async def send_email(sandbox: Sandbox, call: Call) -> Response:

@@ -10,6 +10,7 @@ byte, and only what the logs and the admin API show is stored.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
 import threading
 import time
@@ -109,6 +110,8 @@ class SandboxState:
     def __init__(self, idempotency_ttl: float) -> None:
         self.lock = threading.RLock()
         self.idempotency_ttl = idempotency_ttl
+        #: Send requests between arrival and storing their messages (not reset).
+        self.accepting_requests = 0
         self._clear()
 
     def _clear(self) -> None:
@@ -138,6 +141,17 @@ class SandboxState:
     def reset(self) -> None:
         with self.lock:
             self._clear()
+
+    @contextlib.contextmanager
+    def accepting(self) -> Iterator[None]:
+        """Count a send request as in progress until it has stored (or refused) its messages."""
+        with self.lock:
+            self.accepting_requests += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.accepting_requests -= 1
 
     # ids
 

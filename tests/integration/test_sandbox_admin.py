@@ -120,6 +120,29 @@ def test_latency_delays_each_send(sendmux_sandbox):
     assert time.perf_counter() - started >= 0.3
 
 
+def test_reset_waits_for_a_send_that_is_still_on_its_way_in(sendmux_sandbox):
+    # The client gives up during the fault's latency; the server stores the
+    # message afterwards. A reset must not let it land in the fresh state.
+    sendmux_sandbox.set_faults(latency=0.8)
+    with pytest.raises(httpx.ReadTimeout):
+        send(sendmux_sandbox, timeout=0.2)
+    started = time.perf_counter()
+    sendmux_sandbox.reset()
+    assert time.perf_counter() - started >= 0.4  # it waited for the request to finish
+    time.sleep(0.3)
+    assert sendmux_sandbox.stats()["accepted_messages"] == 0
+
+
+def test_reset_does_not_wait_for_a_response_that_is_slow_after_acceptance(sendmux_sandbox):
+    sendmux_sandbox.set_faults(slow_after_accept=1.0, slow_seconds=5.0)
+    with pytest.raises(httpx.ReadTimeout):
+        send(sendmux_sandbox, timeout=0.3)
+    started = time.perf_counter()
+    sendmux_sandbox.reset()
+    assert time.perf_counter() - started < 2.0  # nothing left to store, nothing to wait for
+    assert sendmux_sandbox.stats()["accepted_messages"] == 0
+
+
 def test_a_dropped_connection_after_acceptance_is_healed_by_the_idempotency_key(sendmux_sandbox):
     sendmux_sandbox.set_faults(drop_after_accept=1.0)
     with pytest.raises(httpx.TransportError):
