@@ -143,6 +143,8 @@ class _Call:
     body: bytes | None = None
     idempotency_key: str | None = None
     if_none_match: str | None = None
+    #: This call's pacer, instead of the client's (dispatch(pacer=...) uses it).
+    pacer: Pacer | None = None
 
     @property
     def label(self) -> str:
@@ -372,10 +374,14 @@ class _BaseClient:
             batch_body(validated, include_idempotency_keys=per_message_keys), idempotency_key
         )
 
-    def _batch_body_call(self, body: bytes, idempotency_key: str | None) -> _Call:
+    def _batch_body_call(
+        self, body: bytes, idempotency_key: str | None, pacer: Pacer | None = None
+    ) -> _Call:
         key = _check_idempotency_key(idempotency_key)
         self._check_size(body)
-        return _Call("POST", "sending", "/emails/send/batch", body=body, idempotency_key=key)
+        return _Call(
+            "POST", "sending", "/emails/send/batch", body=body, idempotency_key=key, pacer=pacer
+        )
 
     @staticmethod
     def _check_size(body: bytes) -> None:
@@ -484,7 +490,9 @@ class _BaseClient:
         # The pacer guards the Sending API key's 1,800 requests / 60 s. The
         # Management API is limited separately (600 / 60 s), so its responses
         # must not feed a pacer tuned for the other budget.
-        return self.pacer if call.api == "sending" else None
+        if call.api != "sending":
+            return None
+        return call.pacer if call.pacer is not None else self.pacer
 
     def _transport_failure(self, call: _Call, exc: httpx.RequestError) -> TransportError:
         # Only our words and the exception's class and text: the httpx
@@ -692,14 +700,17 @@ class SendmuxClient(_BaseClient):
         reply = self._request(call)
         return self._model(call, reply, BatchResult, request_id=reply.request_id)
 
-    def send_batch_body(self, body: bytes, *, idempotency_key: str | None = None) -> BatchResult:
+    def send_batch_body(
+        self, body: bytes, *, idempotency_key: str | None = None, pacer: Pacer | None = None
+    ) -> BatchResult:
         """POST /emails/send/batch with a body that is already validated and encoded.
 
         For bodies from :meth:`PlannedBatch.to_json` or
         :func:`~sendmux_dispatch.models.batch_body`: only the size is checked
-        here, the messages are not validated again.
+        here, the messages are not validated again. ``pacer`` paces this call
+        instead of the client's pacer.
         """
-        call = self._batch_body_call(body, idempotency_key)
+        call = self._batch_body_call(body, idempotency_key, pacer)
         reply = self._request(call)
         return self._model(call, reply, BatchResult, request_id=reply.request_id)
 
@@ -841,15 +852,16 @@ class AsyncSendmuxClient(_BaseClient):
         return self._model(call, reply, BatchResult, request_id=reply.request_id)
 
     async def send_batch_body(
-        self, body: bytes, *, idempotency_key: str | None = None
+        self, body: bytes, *, idempotency_key: str | None = None, pacer: Pacer | None = None
     ) -> BatchResult:
         """POST /emails/send/batch with a body that is already validated and encoded.
 
         For bodies from :meth:`PlannedBatch.to_json` or
         :func:`~sendmux_dispatch.models.batch_body`: only the size is checked
-        here, the messages are not validated again.
+        here, the messages are not validated again. ``pacer`` paces this call
+        instead of the client's pacer.
         """
-        call = self._batch_body_call(body, idempotency_key)
+        call = self._batch_body_call(body, idempotency_key, pacer)
         reply = await self._request(call)
         return self._model(call, reply, BatchResult, request_id=reply.request_id)
 

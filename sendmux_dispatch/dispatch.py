@@ -288,9 +288,6 @@ class Dispatcher(_DispatcherBase[SendmuxClient]):
             _preflight_checks(client.me(), _readable_balance(client))
         tally = _Tally(job_key, options.max_failures, options.results_path, time.monotonic())
         before = _counters(client)
-        previous_pacer = client.pacer
-        if options.pacer is not None:
-            client.pacer = options.pacer
         batches_done = 0
         stop: _StopJob | None = None
         try:
@@ -323,7 +320,6 @@ class Dispatcher(_DispatcherBase[SendmuxClient]):
                         tally.plan_item(item)
                 settle(wait(in_flight).done)
         finally:
-            client.pacer = previous_pacer
             if tally.writer is not None:
                 tally.writer.close()
         return _finish(tally, plan.stats.recipients, plan.stats.batches, before, client, stop)
@@ -338,7 +334,9 @@ class Dispatcher(_DispatcherBase[SendmuxClient]):
             else:
                 try:
                     reply = self.client.send_batch_body(
-                        step.batch.to_json(), idempotency_key=step.batch.idempotency_key
+                        step.batch.to_json(),
+                        idempotency_key=step.batch.idempotency_key,
+                        pacer=self.options.pacer,
                     )
                 except SendmuxError as exc:
                     reply = exc
@@ -366,9 +364,6 @@ class AsyncDispatcher(_DispatcherBase[AsyncSendmuxClient]):
             _preflight_checks(await client.me(), await _areadable_balance(client))
         tally = _Tally(job_key, options.max_failures, options.results_path, time.monotonic())
         before = _counters(client)
-        previous_pacer = client.pacer
-        if options.pacer is not None:
-            client.pacer = options.pacer
         batches_done = 0
         stop: _StopJob | None = None
         in_flight: set[asyncio.Task[None]] = set()
@@ -406,7 +401,6 @@ class AsyncDispatcher(_DispatcherBase[AsyncSendmuxClient]):
         finally:
             for task in in_flight:
                 task.cancel()
-            client.pacer = previous_pacer
             if tally.writer is not None:
                 tally.writer.close()
         return _finish(tally, plan.stats.recipients, plan.stats.batches, before, client, stop)
@@ -421,7 +415,9 @@ class AsyncDispatcher(_DispatcherBase[AsyncSendmuxClient]):
             else:
                 try:
                     reply = await self.client.send_batch_body(
-                        step.batch.to_json(), idempotency_key=step.batch.idempotency_key
+                        step.batch.to_json(),
+                        idempotency_key=step.batch.idempotency_key,
+                        pacer=self.options.pacer,
                     )
                 except SendmuxError as exc:
                     reply = exc

@@ -7,6 +7,8 @@ import os
 import re
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from sendmux_dispatch import (
     SendmuxClient,
     dispatch,
 )
+from sendmux_dispatch.ratelimit import RateLimitState
 from sendmux_sandbox import SEND_ONLY_API_KEY
 
 TEMPLATE = {
@@ -211,3 +214,42 @@ def test_send_only_key_can_send_but_not_read_logs(sandbox: Any) -> None:
     ) as send_only:
         report = dispatch(send_only, TEMPLATE, people(2), job_key="send-only", preflight=True)
     assert report.queued == 2
+
+
+class CountingPacer:
+    """Counts the requests it let through; never makes anyone wait."""
+
+    def __init__(self) -> None:
+        self.acquired = 0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        with self._lock:
+            self.acquired += 1
+
+    async def acquire_async(self) -> None:
+        self.acquire()
+
+    def observe(self, state: RateLimitState) -> None:
+        pass
+
+
+def test_concurrent_jobs_on_one_client_each_use_their_own_pacer(client: SendmuxClient) -> None:
+    pacers = [CountingPacer(), CountingPacer()]
+    sizes = [250, 730]  # 3 and 8 batches
+
+    def run(index: int) -> Any:
+        return dispatch(
+            client,
+            TEMPLATE,
+            people(sizes[index], prefix=f"job{index}-"),
+            job_key=f"own-pacer-{index}",
+            pacer=pacers[index],
+            concurrency=2,
+        )
+
+    with ThreadPoolExecutor(2) as pool:
+        reports = list(pool.map(run, range(2)))
+    assert [report.queued for report in reports] == sizes
+    assert [pacer.acquired for pacer in pacers] == [3, 8]
+    assert client.pacer is None  # never swapped in, so never left behind
