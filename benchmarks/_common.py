@@ -3,6 +3,10 @@
 Every figure in ``docs/benchmarks.md`` comes with the command that produced it.
 Each benchmark owns one section of that page, between ``<!-- bench:NAME -->``
 and ``<!-- /bench:NAME -->``, and rewrites only its own (:func:`write_section`).
+
+The dispatch benchmarks send to a sandbox in a child process
+(:class:`SandboxProcess`), so the sandbox's work is not counted as the sender's
+time or memory.
 """
 
 from __future__ import annotations
@@ -14,12 +18,17 @@ import platform
 import re
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_PAGE = ROOT / "docs" / "benchmarks.md"
@@ -161,3 +170,70 @@ def write_section(name: str, markdown: str, *, page: Path = RESULTS_PAGE) -> Pat
     page.parent.mkdir(parents=True, exist_ok=True)
     page.write_text(text, encoding="utf-8")
     return page
+
+
+class SandboxProcess:
+    """``sendmux-sandbox`` in a child process on a free port; ``args`` are its CLI options."""
+
+    def __init__(self, *args: str) -> None:
+        self.args = args
+        self.process: subprocess.Popen[str] | None = None
+        self.base_url = ""
+        self.api_key = ""
+        self._http = httpx.Client(timeout=120)
+
+    def __enter__(self) -> SandboxProcess:
+        command = [sys.executable, "-m", "sendmux_sandbox.cli", "--port", "0"]
+        command += ["--log-level", "warning", *self.args]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + 30
+        while not (self.base_url and self.api_key):
+            line = self.process.stdout.readline()
+            if not line or time.monotonic() > deadline:
+                raise RuntimeError("the sandbox process did not start")
+            if found := re.match(r"Sending API:\s+(http://\S+?)/sending/api/v1", line):
+                self.base_url = found.group(1)
+            if found := re.match(r"API key:\s+(\S+)", line):
+                self.api_key = found.group(1)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._http.close()
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    @property
+    def sending_url(self) -> str:
+        return self.base_url + "/sending/api/v1"
+
+    @property
+    def management_url(self) -> str:
+        return self.base_url + "/management/api/v1"
+
+    def stats(self) -> dict[str, Any]:
+        response = self._http.get(self.base_url + "/_sandbox/stats")
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    def messages_to(self, email: str) -> list[dict[str, Any]]:
+        response = self._http.get(self.base_url + "/_sandbox/messages", params={"to": email})
+        response.raise_for_status()
+        result: list[dict[str, Any]] = response.json()["messages"]
+        return result

@@ -11,26 +11,29 @@ ratio of the limit (target >= 97 %), and the sandbox's 429 count (target 0).
     python benchmarks/bench_rate_ceiling.py            # print the table
     python benchmarks/bench_rate_ceiling.py --write    # also update docs/benchmarks.md
 
-:class:`SandboxProcess` here is also used by the other dispatch benchmarks.
+``TEMPLATE`` and ``people`` here are also used by the other dispatch benchmarks;
+the sandbox process they all run against is ``_common.SandboxProcess``.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
-
-import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import command_line, environment, environment_markdown, markdown_table, write_section
+from _common import (  # the helpers sit beside this script
+    SandboxProcess,
+    command_line,
+    environment,
+    environment_markdown,
+    markdown_table,
+    write_section,
+)
 
 from sendmux_dispatch import InProcessPacer, RetryPolicy, SendmuxClient, dispatch
 
@@ -47,73 +50,6 @@ def people(n: int) -> Iterator[dict[str, str]]:
     """``n`` distinct recipients, generated lazily."""
     for i in range(n):
         yield {"email": f"person.{i}@mail{i % 13}.example.org", "name": f"P{i}", "code": f"C{i}"}
-
-
-class SandboxProcess:
-    """``sendmux-sandbox`` in a child process on a free port; ``args`` are its CLI options."""
-
-    def __init__(self, *args: str) -> None:
-        self.args = args
-        self.process: subprocess.Popen[str] | None = None
-        self.base_url = ""
-        self.api_key = ""
-        self._http = httpx.Client(timeout=120)
-
-    def __enter__(self) -> SandboxProcess:
-        command = [sys.executable, "-m", "sendmux_sandbox.cli", "--port", "0"]
-        command += ["--log-level", "warning", *self.args]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-        assert self.process.stdout is not None
-        deadline = time.monotonic() + 30
-        while not (self.base_url and self.api_key):
-            line = self.process.stdout.readline()
-            if not line or time.monotonic() > deadline:
-                raise RuntimeError("the sandbox process did not start")
-            if found := re.match(r"Sending API:\s+(http://\S+?)/sending/api/v1", line):
-                self.base_url = found.group(1)
-            if found := re.match(r"API key:\s+(\S+)", line):
-                self.api_key = found.group(1)
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._http.close()
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    @property
-    def sending_url(self) -> str:
-        return self.base_url + "/sending/api/v1"
-
-    @property
-    def management_url(self) -> str:
-        return self.base_url + "/management/api/v1"
-
-    def stats(self) -> dict[str, Any]:
-        response = self._http.get(self.base_url + "/_sandbox/stats")
-        response.raise_for_status()
-        result: dict[str, Any] = response.json()
-        return result
-
-    def messages_to(self, email: str) -> list[dict[str, Any]]:
-        response = self._http.get(self.base_url + "/_sandbox/messages", params={"to": email})
-        response.raise_for_status()
-        result: list[dict[str, Any]] = response.json()["messages"]
-        return result
 
 
 def measure(

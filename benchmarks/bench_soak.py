@@ -22,8 +22,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import command_line, environment, environment_markdown, markdown_table, write_section
-from bench_rate_ceiling import TEMPLATE, SandboxProcess, people
+from _common import (  # the helpers sit beside this script
+    SandboxProcess,
+    command_line,
+    environment,
+    environment_markdown,
+    markdown_table,
+    write_section,
+)
+from bench_rate_ceiling import TEMPLATE, people
 
 from sendmux_dispatch import RetryPolicy, SendmuxClient, dispatch
 

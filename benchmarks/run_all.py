@@ -14,7 +14,13 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ("bench_serialize.py", "bench_rate_ceiling.py", "bench_memory.py", "bench_soak.py")
+SCRIPTS = (
+    "bench_serialize.py",
+    "bench_render.py",
+    "bench_rate_ceiling.py",
+    "bench_memory.py",
+    "bench_soak.py",
+)
 
 
 def main() -> int:
