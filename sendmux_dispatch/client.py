@@ -145,6 +145,9 @@ class _Call:
     if_none_match: str | None = None
     #: This call's pacer, instead of the client's (dispatch(pacer=...) uses it).
     pacer: Pacer | None = None
+    #: Counters this call also updates, besides the client's: one job's own
+    #: counts while other jobs share the client (dispatch uses it).
+    stats: ClientStats | None = None
 
     @property
     def label(self) -> str:
@@ -375,12 +378,22 @@ class _BaseClient:
         )
 
     def _batch_body_call(
-        self, body: bytes, idempotency_key: str | None, pacer: Pacer | None = None
+        self,
+        body: bytes,
+        idempotency_key: str | None,
+        pacer: Pacer | None = None,
+        stats: ClientStats | None = None,
     ) -> _Call:
         key = _check_idempotency_key(idempotency_key)
         self._check_size(body)
         return _Call(
-            "POST", "sending", "/emails/send/batch", body=body, idempotency_key=key, pacer=pacer
+            "POST",
+            "sending",
+            "/emails/send/batch",
+            body=body,
+            idempotency_key=key,
+            pacer=pacer,
+            stats=stats,
         )
 
     @staticmethod
@@ -507,6 +520,10 @@ class _BaseClient:
             code="transport_error",
         )
 
+    def _counters(self, call: _Call) -> tuple[ClientStats, ...]:
+        """The stats ``call`` is counted in: the client's, and the call's own if it has them."""
+        return (self.stats,) if call.stats is None else (self.stats, call.stats)
+
     def _handle_response(self, call: _Call, response: httpx.Response) -> _Reply:
         """Stats, pacer feedback, then the parsed reply, or the error to raise."""
         pacer = self._paced(call)
@@ -523,7 +540,8 @@ class _BaseClient:
         if not 200 <= status < 300:
             retry_after = _parse_retry_after(response.headers.get("retry-after"))
             if status == 429:
-                self.stats._add_rate_limited()
+                for stats in self._counters(call):
+                    stats._add_rate_limited()
                 pause: Callable[[float], None] | None = getattr(pacer, "pause", None)
                 if pause is not None and retry_after is not None:
                     pause(retry_after)
@@ -603,7 +621,8 @@ class _BaseClient:
 
     def _on_retry(self, call: _Call) -> Callable[[float, BaseException | None], None]:
         def record(delay: float, error: BaseException | None) -> None:
-            self.stats._add_retry(delay)
+            for stats in self._counters(call):
+                stats._add_retry(delay)
             logger.info(
                 "retrying %s in %.2f s after %s (status=%s, request_id=%s)",
                 call.label,
@@ -666,7 +685,8 @@ class SendmuxClient(_BaseClient):
         if pacer is not None:
             pacer.acquire()
         request = self._build_request(call)
-        self.stats._add_request()
+        for stats in self._counters(call):
+            stats._add_request()
         failure: TransportError | None = None
         try:
             response = self._http.send(request)
@@ -701,16 +721,22 @@ class SendmuxClient(_BaseClient):
         return self._model(call, reply, BatchResult, request_id=reply.request_id)
 
     def send_batch_body(
-        self, body: bytes, *, idempotency_key: str | None = None, pacer: Pacer | None = None
+        self,
+        body: bytes,
+        *,
+        idempotency_key: str | None = None,
+        pacer: Pacer | None = None,
+        stats: ClientStats | None = None,
     ) -> BatchResult:
         """POST /emails/send/batch with a body that is already validated and encoded.
 
         For bodies from :meth:`PlannedBatch.to_json` or
         :func:`~sendmux_dispatch.models.batch_body`: only the size is checked
         here, the messages are not validated again. ``pacer`` paces this call
-        instead of the client's pacer.
+        instead of the client's pacer; ``stats``, if given, counts this call's
+        attempts, retries and 429s as well as the client's :attr:`stats` do.
         """
-        call = self._batch_body_call(body, idempotency_key, pacer)
+        call = self._batch_body_call(body, idempotency_key, pacer, stats)
         reply = self._request(call)
         return self._model(call, reply, BatchResult, request_id=reply.request_id)
 
@@ -816,7 +842,8 @@ class AsyncSendmuxClient(_BaseClient):
         if pacer is not None:
             await pacer.acquire_async()
         request = self._build_request(call)
-        self.stats._add_request()
+        for stats in self._counters(call):
+            stats._add_request()
         failure: TransportError | None = None
         try:
             response = await self._http.send(request)
@@ -852,16 +879,22 @@ class AsyncSendmuxClient(_BaseClient):
         return self._model(call, reply, BatchResult, request_id=reply.request_id)
 
     async def send_batch_body(
-        self, body: bytes, *, idempotency_key: str | None = None, pacer: Pacer | None = None
+        self,
+        body: bytes,
+        *,
+        idempotency_key: str | None = None,
+        pacer: Pacer | None = None,
+        stats: ClientStats | None = None,
     ) -> BatchResult:
         """POST /emails/send/batch with a body that is already validated and encoded.
 
         For bodies from :meth:`PlannedBatch.to_json` or
         :func:`~sendmux_dispatch.models.batch_body`: only the size is checked
         here, the messages are not validated again. ``pacer`` paces this call
-        instead of the client's pacer.
+        instead of the client's pacer; ``stats``, if given, counts this call's
+        attempts, retries and 429s as well as the client's :attr:`stats` do.
         """
-        call = self._batch_body_call(body, idempotency_key, pacer)
+        call = self._batch_body_call(body, idempotency_key, pacer, stats)
         reply = await self._request(call)
         return self._model(call, reply, BatchResult, request_id=reply.request_id)
 

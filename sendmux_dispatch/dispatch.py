@@ -34,7 +34,7 @@ from pydantic import BaseModel
 from typing_extensions import Unpack
 
 from sendmux_dispatch.batching import Duplicate, PlannedBatch, plan_batches
-from sendmux_dispatch.client import AsyncSendmuxClient, SendmuxClient
+from sendmux_dispatch.client import AsyncSendmuxClient, ClientStats, SendmuxClient
 from sendmux_dispatch.errors import (
     AuthenticationError,
     IdempotencyConflictError,
@@ -95,6 +95,9 @@ class _Tally:
         self.started = started
         self.lock = Lock()
         self.messages_done = 0
+        # This job's own requests, retries and 429s: the client's counters
+        # also hold every other job that shares the client.
+        self.calls = ClientStats()
 
     def _fail(
         self, position: int | None, email: str | None, code: str, message: str, status: str
@@ -287,7 +290,6 @@ class Dispatcher(_DispatcherBase[SendmuxClient]):
         if options.preflight:
             _preflight_checks(client.me(), _readable_balance(client))
         tally = _Tally(job_key, options.max_failures, options.results_path, time.monotonic())
-        before = _counters(client)
         batches_done = 0
         stop: _StopJob | None = None
         try:
@@ -322,7 +324,7 @@ class Dispatcher(_DispatcherBase[SendmuxClient]):
         finally:
             if tally.writer is not None:
                 tally.writer.close()
-        return _finish(tally, plan.stats.recipients, plan.stats.batches, before, client, stop)
+        return _finish(tally, plan.stats.recipients, plan.stats.batches, stop)
 
     def _drive(self, batch: PlannedBatch, tally: _Tally) -> None:
         steps = _batch_steps(batch, tally, self.options.max_resends, self.client.retry.next_delay)
@@ -337,6 +339,7 @@ class Dispatcher(_DispatcherBase[SendmuxClient]):
                         step.batch.to_json(),
                         idempotency_key=step.batch.idempotency_key,
                         pacer=self.options.pacer,
+                        stats=tally.calls,
                     )
                 except SendmuxError as exc:
                     reply = exc
@@ -363,7 +366,6 @@ class AsyncDispatcher(_DispatcherBase[AsyncSendmuxClient]):
         if options.preflight:
             _preflight_checks(await client.me(), await _areadable_balance(client))
         tally = _Tally(job_key, options.max_failures, options.results_path, time.monotonic())
-        before = _counters(client)
         batches_done = 0
         stop: _StopJob | None = None
         in_flight: set[asyncio.Task[None]] = set()
@@ -403,7 +405,7 @@ class AsyncDispatcher(_DispatcherBase[AsyncSendmuxClient]):
                 task.cancel()
             if tally.writer is not None:
                 tally.writer.close()
-        return _finish(tally, plan.stats.recipients, plan.stats.batches, before, client, stop)
+        return _finish(tally, plan.stats.recipients, plan.stats.batches, stop)
 
     async def _drive(self, batch: PlannedBatch, tally: _Tally) -> None:
         steps = _batch_steps(batch, tally, self.options.max_resends, self.client.retry.next_delay)
@@ -418,6 +420,7 @@ class AsyncDispatcher(_DispatcherBase[AsyncSendmuxClient]):
                         step.batch.to_json(),
                         idempotency_key=step.batch.idempotency_key,
                         pacer=self.options.pacer,
+                        stats=tally.calls,
                     )
                 except SendmuxError as exc:
                     reply = exc
@@ -427,27 +430,18 @@ class AsyncDispatcher(_DispatcherBase[AsyncSendmuxClient]):
                 return
 
 
-def _counters(client: SendmuxClient | AsyncSendmuxClient) -> tuple[int, int, int]:
-    stats = client.stats
-    return stats.requests, stats.retries, stats.rate_limited
-
-
 def _finish(
     tally: _Tally,
     recipients: int,
     batches: int,
-    before: tuple[int, int, int],
-    client: SendmuxClient | AsyncSendmuxClient,
     stop: _StopJob | None,
 ) -> DispatchReport:
     report = tally.report
     report.total = recipients
     report.batches = batches
-    requests, retries, rate_limited = _counters(client)
-    # Counters of a client shared by concurrent jobs include the others' requests.
-    report.requests = requests - before[0]
-    report.retries = retries - before[1]
-    report.rate_limited = rate_limited - before[2]
+    report.requests = tally.calls.requests
+    report.retries = tally.calls.retries
+    report.rate_limited = tally.calls.rate_limited
     report.elapsed = time.monotonic() - tally.started
     if stop is not None:
         report.stopped_reason = f"{type(stop.error).__name__}: {stop.error.message}"

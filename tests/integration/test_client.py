@@ -21,6 +21,7 @@ from sendmux_dispatch import (
     APIError,
     AuthenticationError,
     BadRequestError,
+    ClientStats,
     EmailMessage,
     IdempotencyConflictError,
     InvalidMessageError,
@@ -42,7 +43,7 @@ from sendmux_dispatch.client import (
     SendmuxClient,
     _Call,
 )
-from sendmux_dispatch.models import limits
+from sendmux_dispatch.models import batch_body, limits, wire_message
 from sendmux_dispatch.ratelimit import RateLimitState
 from sendmux_dispatch.retry import RetryPolicy
 from sendmux_sandbox.config import SEND_ONLY_API_KEY, SandboxConfig
@@ -480,6 +481,18 @@ def test_send_batch_body_posts_a_planned_batch_as_it_is(client: Any, sandbox: An
     again = client.send_batch_body(batch.to_json(), idempotency_key=batch.idempotency_key)
     assert again.summary.queued == 3
     assert sandbox.stats()["accepted_messages"] == 3  # the replay sent nobody twice
+
+
+def test_send_batch_body_counts_a_call_in_the_stats_it_is_given(client: Any, sandbox: Any) -> None:
+    client.send(_msg())
+    body = batch_body([wire_message(_msg())])
+    sandbox.set_faults(error_429=1.0, retry_after=1)  # the first retry sleep clears it
+    job = ClientStats()
+    result = client.send_batch_body(body, idempotency_key="own-stats", stats=job)
+    assert result.summary.queued == 1
+    assert (job.requests, job.retries, job.rate_limited) == (2, 1, 1)
+    # The client's counters hold this call and the earlier send.
+    assert (client.stats.requests, client.stats.retries, client.stats.rate_limited) == (3, 1, 1)
 
 
 def test_send_batch_body_checks_only_the_size(client: Any) -> None:

@@ -253,3 +253,33 @@ def test_concurrent_jobs_on_one_client_each_use_their_own_pacer(client: SendmuxC
     assert [report.queued for report in reports] == sizes
     assert [pacer.acquired for pacer in pacers] == [3, 8]
     assert client.pacer is None  # never swapped in, so never left behind
+
+
+def test_concurrent_jobs_on_one_client_count_only_their_own_requests(
+    client: SendmuxClient,
+) -> None:
+    # Job A pauses after its first batch until job B has run from start to
+    # end, so B's requests fall inside A's run on the shared client.
+    b_finished = threading.Event()
+
+    def pause_once(progress: Progress) -> None:
+        if progress.batches_done == 1:
+            assert b_finished.wait(30), "job B did not finish"
+
+    before = client.stats.requests
+    with ThreadPoolExecutor(1) as pool:
+        job_a = pool.submit(
+            dispatch,
+            client,
+            TEMPLATE,
+            people(250, prefix="a"),
+            job_key="own-count-a",
+            on_progress=pause_once,
+            concurrency=1,
+        )
+        report_b = dispatch(client, TEMPLATE, people(730, prefix="b"), job_key="own-count-b")
+        b_finished.set()
+        report_a = job_a.result(timeout=60)
+    assert (report_a.batches, report_a.requests, report_a.retries) == (3, 3, 0)
+    assert (report_b.batches, report_b.requests, report_b.retries) == (8, 8, 0)
+    assert client.stats.requests - before == 11  # the client's own counters still see both
