@@ -109,6 +109,23 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str
     return "\n".join(lines)
 
 
+def rates_table(
+    timings: dict[str, Timing], labels: dict[str, str], versus: dict[str, float]
+) -> str:
+    """One row per contender: median and best messages/s, then the median as a
+    ratio to each reference rate in ``versus`` (column title -> messages/s)."""
+    rows = [
+        [
+            labels[name],
+            f"{timing.median_rate:,.0f}",
+            f"{timing.best_rate:,.0f}",
+            *(f"{timing.median_rate / rate:.2f}x" for rate in versus.values()),
+        ]
+        for name, timing in timings.items()
+    ]
+    return markdown_table(["contender", "messages/s (median)", "messages/s (best)", *versus], rows)
+
+
 def command_line() -> str:
     """The command that is running, as someone would type it from the repository root."""
     script = Path(sys.argv[0]).resolve()

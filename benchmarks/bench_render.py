@@ -58,7 +58,7 @@ from _common import (  # the helpers sit beside this script
     compare,
     environment,
     environment_markdown,
-    markdown_table,
+    rates_table,
     write_section,
 )
 
@@ -192,27 +192,8 @@ LABELS = {
 
 
 def results_table(timings: dict[str, Timing]) -> str:
-    floor = timings["floor"].median_rate
-    rows_ = [
-        [
-            LABELS[name],
-            f"{timing.median_rate:,.0f}",
-            f"{timing.best_rate:,.0f}",
-            f"{timing.median_rate / KEY_CEILING:.1f}x",
-            f"{timing.median_rate / floor:.2f}x",
-        ]
-        for name, timing in timings.items()
-    ]
-    return markdown_table(
-        [
-            "contender",
-            "messages/s (median)",
-            "messages/s (best)",
-            "vs one key's ceiling",
-            "vs floor",
-        ],
-        rows_,
-    )
+    versus = {"vs one key's ceiling": KEY_CEILING, "vs floor": timings["floor"].median_rate}
+    return rates_table(timings, LABELS, versus)
 
 
 def verdict(timings: dict[str, Timing]) -> tuple[str, bool]:

@@ -43,7 +43,7 @@ from _common import (  # the helpers sit beside this script
     compare,
     environment,
     environment_markdown,
-    markdown_table,
+    rates_table,
     write_section,
 )
 from sendmux_sending.models.batch_send_request import (  # type: ignore[import-untyped]
@@ -157,21 +157,8 @@ def run_variant(messages: list[dict[str, Any]], repeats: int) -> dict[str, Timin
 
 
 def variant_table(timings: dict[str, Timing]) -> str:
-    sdk = timings["sdk"].median_rate
-    floor = timings["floor"].median_rate
-    rows = [
-        [
-            LABELS[name],
-            f"{timing.median_rate:,.0f}",
-            f"{timing.best_rate:,.0f}",
-            f"{timing.median_rate / sdk:.2f}x",
-            f"{timing.median_rate / floor:.2f}x",
-        ]
-        for name, timing in timings.items()
-    ]
-    return markdown_table(
-        ["contender", "messages/s (median)", "messages/s (best)", "vs SDK", "vs floor"], rows
-    )
+    versus = {"vs SDK": timings["sdk"].median_rate, "vs floor": timings["floor"].median_rate}
+    return rates_table(timings, LABELS, versus)
 
 
 def verdict(timings: dict[str, Timing]) -> tuple[str, bool]:
