@@ -67,6 +67,7 @@ from sendmux_dispatch.models import (
     WireMessage,
     batch_body,
     wire_message,
+    wire_message_with,
 )
 from sendmux_dispatch.pacing import InProcessPacer, RedisPacer, key_fingerprint
 from sendmux_dispatch.personalize import Personalizer
@@ -152,4 +153,5 @@ __all__ = [
     "read_csv",
     "read_jsonl",
     "wire_message",
+    "wire_message_with",
 ]

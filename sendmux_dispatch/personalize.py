@@ -21,9 +21,11 @@ Cost model, because this runs once per recipient:
   recipient is read;
 * a field without Jinja syntax is not rendered at all;
 * the fixed fields (``from``, ``cc``, attachments, ...) are validated once, in
-  the wire shape: each message is a shallow copy of one prepared dict;
-* each message is validated as a dict (:func:`~sendmux_dispatch.models.wire_message`,
-  one pydantic-core call, no model instances), and attachments, already
+  the wire shape: each message is a shallow copy of one prepared dict, and
+  shares its nested values;
+* per message only what varies (``to`` and the rendered fields) is
+  validated (:func:`~sendmux_dispatch.models.wire_message_with`, one
+  pydantic-core call, no model instances), and attachments, already
   validated (the template's here, a recipient's when its ``Attachment`` was
   built), are added after that check instead of being scanned again for
   every recipient;
@@ -54,7 +56,13 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel
 
 from sendmux_dispatch.errors import FieldIssue, InvalidMessageError
-from sendmux_dispatch.models import EmailMessage, WireMessage, limits, text_to_html, wire_message
+from sendmux_dispatch.models import (
+    EmailMessage,
+    WireMessage,
+    limits,
+    text_to_html,
+    wire_message_with,
+)
 from sendmux_dispatch.recipients import Recipient, RecipientFailure
 
 __all__ = ["TEMPLATE_FIELDS", "Personalizer", "failure_from_error", "has_template_syntax"]
@@ -168,19 +176,18 @@ class Personalizer:
         self, recipient: Recipient, *, idempotency_key: str | None = None
     ) -> WireMessage:
         """Like :meth:`render`, as a dict in the wire shape (what batching uses: faster)."""
-        data = self._base.copy()
-        data["to"] = (
-            {"email": recipient.email, "name": recipient.name}
+        changes: dict[str, Any] = {
+            "to": {"email": recipient.email, "name": recipient.name}
             if recipient.name is not None
             else {"email": recipient.email}
-        )
+        }
         if idempotency_key is not None:
-            data["idempotency_key"] = idempotency_key
+            changes["idempotency_key"] = idempotency_key
         if self._compiled:
             context = self.context(recipient)
             for field, template in self._compiled:
-                data[field] = _render(field, template, context)
-        message = wire_message(data)
+                changes[field] = _render(field, template, context)
+        message = wire_message_with(self._base, changes)
         if self._attachments or recipient.attachments:
             message["attachments"] = self._attachments_for(recipient)
         return message

@@ -31,7 +31,13 @@ from sendmux_dispatch.models.responses import (
     SendResult,
     Team,
 )
-from sendmux_dispatch.models.wire import WireAddress, WireMessage, batch_body, wire_message
+from sendmux_dispatch.models.wire import (
+    WireAddress,
+    WireMessage,
+    batch_body,
+    wire_message,
+    wire_message_with,
+)
 
 __all__ = [
     "TERMINAL_STATUSES",
@@ -65,4 +71,5 @@ __all__ = [
     "parse_address",
     "text_to_html",
     "wire_message",
+    "wire_message_with",
 ]

@@ -40,7 +40,7 @@ from sendmux_dispatch.models.message import (
     text_to_html,
 )
 
-__all__ = ["WireAddress", "WireMessage", "batch_body", "wire_message"]
+__all__ = ["WireAddress", "WireMessage", "batch_body", "wire_message", "wire_message_with"]
 
 _CONFIG = ConfigDict(extra="forbid", regex_engine="rust-regex")
 
@@ -84,6 +84,21 @@ _FAST = TypeAdapter(WireMessage)
 _FAST_VALIDATE = _FAST.validate_python
 
 
+# The fields one template's messages differ in: the recipient and what is
+# rendered for them (see wire_message_with).
+class _Varying(TypedDict, total=False):
+    __pydantic_config__ = _CONFIG  # type: ignore[misc]
+    to: WireAddress
+    subject: Subject
+    html_body: NonEmptyBody
+    text_body: str
+    idempotency_key: IdempotencyKey
+
+
+_VARYING_VALIDATE = TypeAdapter(_Varying).validate_python
+_REQUIRED_FIELDS = frozenset(WireMessage.__required_keys__)
+
+
 def wire_message(data: Mapping[str, Any] | EmailMessage) -> WireMessage:
     """``data`` validated as one message, as a new JSON-ready dict in the wire shape.
 
@@ -112,6 +127,42 @@ def wire_message(data: Mapping[str, Any] | EmailMessage) -> WireMessage:
     if len(html_body) + len(text_body or "") > OBVIOUSLY_SMALL_BODIES:
         # Big enough that the size check matters: the model does it.
         return _from_model(EmailMessage.model_validate(data))
+    return message
+
+
+def wire_message_with(base: Mapping[str, Any], changes: Mapping[str, Any]) -> WireMessage:
+    """``wire_message({**base, **changes})``, checking only ``changes``.
+
+    For many messages made from one template: ``base`` holds the fields they
+    share, already validated (a dict from :func:`wire_message` or
+    ``EmailMessage.to_wire()``, without ``to`` and without attachments), and
+    ``changes`` what differs per message: ``to``, ``subject``,
+    ``html_body``, ``text_body``, ``idempotency_key``. No field of a valid
+    message depends on another except the body (one of the two bodies is
+    required, html_body is derived from text_body, the size is bounded), and
+    those are checked here, so the verdict is the same as validating the
+    whole message. Anything else in ``changes``, and anything refused, goes
+    through :func:`wire_message`, so errors are the model's.
+
+    The result is a new dict that shares ``base``'s nested values (``from``,
+    ``custom_headers``, ...): treat it as read-only.
+    """
+    try:
+        checked = _VARYING_VALIDATE(changes)
+    except PydanticValidationError:
+        # Refused, or a field that is not one of these (extra="forbid").
+        return wire_message({**base, **changes})
+    message: WireMessage = {**base, **checked}  # type: ignore[typeddict-item]
+    if not _REQUIRED_FIELDS.issubset(message):
+        return wire_message(message)  # raises: names the missing field
+    html_body = message.get("html_body")
+    text_body = message.get("text_body")
+    if html_body is None:
+        if not text_body:
+            return wire_message(message)  # raises: no body
+        html_body = message["html_body"] = text_to_html(text_body)
+    if len(html_body) + len(text_body or "") > OBVIOUSLY_SMALL_BODIES:
+        return wire_message({**base, **changes})  # the model's size check
     return message
 
 

@@ -17,6 +17,7 @@ from sendmux_dispatch import (
     WireMessage,
     batch_body,
     wire_message,
+    wire_message_with,
 )
 from sendmux_dispatch.models import limits
 
@@ -187,3 +188,68 @@ def test_fast_path_and_model_agree_on_every_message(data: dict[str, Any]) -> Non
     assert json.loads(batch_body([message], include_idempotency_keys=True)) == {
         "messages": [expected]
     }
+
+
+_varying: dict[str, st.SearchStrategy[Any]] = {
+    "to": _address,
+    "subject": _text,
+    "html_body": _text,
+    "text_body": _text,
+    "idempotency_key": _optional["idempotency_key"],
+}
+
+
+@st.composite
+def template_and_changes(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A validated base without ``to`` (bodies maybe left out), and per-message changes."""
+    base = {
+        key: value
+        for key, value in _valid.items()
+        if key in ("from", "subject") or (key != "to" and draw(st.booleans()))
+    }
+    if "html_body" not in base and "text_body" not in base:
+        base["text_body"] = "for the check below; maybe dropped again"
+    base = wire_message({**base, "to": {"email": "placeholder@example.com"}})
+    del base["to"]
+    for body in ("html_body", "text_body"):
+        if draw(st.booleans()):
+            base.pop(body, None)
+    changes = {"to": draw(_address)}
+    for key in draw(st.lists(st.sampled_from([*_varying, "cc", "colour"]), max_size=3)):
+        changes[key] = draw(_varying[key] if key in _varying else _optional[key])
+    if draw(st.booleans()):
+        changes.pop("to")
+    return base, changes
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(template_and_changes())
+def test_checking_only_the_changes_agrees_with_checking_everything(
+    case: tuple[dict[str, Any], dict[str, Any]],
+) -> None:
+    base, changes = case
+    whole = {**base, **changes}
+    try:
+        expected = wire_message(whole)
+    except InvalidMessageError as whole_error:
+        expected_issues = whole_error.errors
+    else:
+        assert wire_message_with(base, changes) == expected
+        return
+    with pytest.raises(InvalidMessageError) as caught:
+        wire_message_with(base, changes)
+    assert caught.value.errors == expected_issues
+
+
+def test_a_message_from_a_base_is_new_and_leaves_the_base_alone() -> None:
+    base = wire_message(MESSAGE)
+    del base["to"]
+    before = json.dumps(base)
+    message = wire_message_with(base, {"to": {"email": "bo@example.org"}, "subject": "Hi"})
+    assert message is not base
+    assert (message["to"], message["subject"], message["from"]) == (
+        {"email": "bo@example.org"},
+        "Hi",
+        base["from"],
+    )
+    assert json.dumps(base) == before
