@@ -181,6 +181,13 @@ def _attachment_bytes(attachment: Mapping[str, str]) -> int:
     return size
 
 
+def _encode(message: WireMessage, include_idempotency_key: bool) -> bytes:
+    """One message as ``batch_body`` writes it into a request body."""
+    if include_idempotency_key or "idempotency_key" not in message:
+        return to_json(message)
+    return to_json({key: value for key, value in message.items() if key != "idempotency_key"})
+
+
 def message_size_bound(message: WireMessage) -> int:
     """An upper bound of the bytes ``message`` adds to a batch request body.
 
@@ -216,7 +223,9 @@ class PlannedBatch:
     ``messages[i]`` is for ``recipients[i]``; ``positions[i]`` is that
     recipient's index in the source. ``size_bound`` is an upper bound of the
     request body in bytes. ``attempt`` is 0 for a planned batch and n for the
-    n-th resend of part of it (:meth:`subset`).
+    n-th resend of part of it (:meth:`subset`). ``encoded[i]``, when the
+    planner kept it, is ``messages[i]`` exactly as it appears in the body:
+    measuring a message serialises it, so the body reuses those bytes.
     """
 
     index: int
@@ -226,6 +235,7 @@ class PlannedBatch:
     size_bound: int
     per_message_keys: bool = False
     attempt: int = 0
+    encoded: list[bytes | None] | None = None
 
     @property
     def positions(self) -> list[int]:
@@ -242,7 +252,15 @@ class PlannedBatch:
 
     def to_json(self) -> bytes:
         """The request body, with per-message keys when the plan asked for them."""
-        return batch_body(self.messages, include_idempotency_keys=self.per_message_keys)
+        if self.encoded is None:
+            return batch_body(self.messages, include_idempotency_keys=self.per_message_keys)
+        # Byte for byte what batch_body gives (pydantic-core writes compact
+        # JSON); a message kept unencoded (one with attachments) is encoded now.
+        parts = [
+            part if part is not None else _encode(message, self.per_message_keys)
+            for part, message in zip(self.encoded, self.messages, strict=True)
+        ]
+        return b'{"messages":[' + b",".join(parts) + b"]}"
 
     def subset(self, indexes: Iterable[int], attempt: int) -> PlannedBatch:
         """The items at ``indexes`` (positions in this batch) as a batch of their own.
@@ -262,6 +280,7 @@ class PlannedBatch:
             raise ValueError("attempt counts resends from 1")
         recipients = [self.recipients[i] for i in chosen]
         messages = [self.messages[i] for i in chosen]
+        encoded = None if self.encoded is None else [self.encoded[i] for i in chosen]
         parts = [self.idempotency_key, str(attempt)]
         for recipient in recipients:
             parts.append(str(recipient.position))
@@ -279,6 +298,7 @@ class PlannedBatch:
             + sum(message_size_bound(message) + 1 for message in messages),
             per_message_keys=self.per_message_keys,
             attempt=attempt,
+            encoded=encoded,
         )
 
 
@@ -429,14 +449,21 @@ class BatchPlan(Iterator[PlanItem]):
                 on_duplicate(item)
 
     def _batch(
-        self, index: int, recipients: list[Recipient], messages: list[WireMessage], size: int
+        self,
+        index: int,
+        recipients: list[Recipient],
+        messages: list[WireMessage],
+        encoded: list[bytes | None],
+        size: int,
     ) -> PlannedBatch:
         self.stats.batches += 1
         self.stats.messages += len(messages)
         key = batch_idempotency_key(
             self.job_key, index, [recipient.identity for recipient in recipients]
         )
-        return PlannedBatch(index, messages, recipients, key, size, self.per_message_keys)
+        return PlannedBatch(
+            index, messages, recipients, key, size, self.per_message_keys, encoded=encoded
+        )
 
     def _plan(self, source: Iterator[Recipient | RecipientFailure]) -> Iterator[PlanItem]:
         stats, seen, personalizer = self.stats, self._seen, self.personalizer
@@ -445,6 +472,7 @@ class BatchPlan(Iterator[PlanItem]):
         index = 0
         recipients: list[Recipient] = []
         messages: list[WireMessage] = []
+        encoded: list[bytes | None] = []
         size = BATCH_ENVELOPE_BYTES
         for item in source:
             stats.recipients += 1
@@ -469,8 +497,12 @@ class BatchPlan(Iterator[PlanItem]):
                 stats.failures += 1
                 yield message
                 continue
+            # Measured by encoding it, and the bytes kept for the body; a
+            # message with attachments is only bounded, so that megabytes of
+            # base64 are not held twice while the batch waits for its turn.
+            part = None if "attachments" in message else _encode(message, per_message_keys)
             # +1: the comma that separates it from its neighbour.
-            message_size = message_size_bound(message) + 1
+            message_size = (message_size_bound(message) if part is None else len(part)) + 1
             if BATCH_ENVELOPE_BYTES + message_size > max_bytes:
                 stats.failures += 1
                 yield RecipientFailure(
@@ -487,20 +519,21 @@ class BatchPlan(Iterator[PlanItem]):
             if seen is not None:
                 seen.add(digest)
             if messages and size + message_size > max_bytes:
-                yield self._batch(index, recipients, messages, size)
+                yield self._batch(index, recipients, messages, encoded, size)
                 index += 1
-                recipients, messages, size = [], [], BATCH_ENVELOPE_BYTES
+                recipients, messages, encoded, size = [], [], [], BATCH_ENVELOPE_BYTES
             recipients.append(item)
             messages.append(message)
+            encoded.append(part)
             size += message_size
             if len(messages) == max_messages:
                 # Handed out as soon as it is full, without reading the next
                 # recipient: taking n batches reads only the recipients they need.
-                yield self._batch(index, recipients, messages, size)
+                yield self._batch(index, recipients, messages, encoded, size)
                 index += 1
-                recipients, messages, size = [], [], BATCH_ENVELOPE_BYTES
+                recipients, messages, encoded, size = [], [], [], BATCH_ENVELOPE_BYTES
         if messages:
-            yield self._batch(index, recipients, messages, size)
+            yield self._batch(index, recipients, messages, encoded, size)
 
 
 def plan_batches(

@@ -204,6 +204,7 @@ def test_no_batch_body_ever_exceeds_the_byte_budget(
     for batch in batches:
         assert 1 <= len(batch) <= max_messages
         body = batch.to_json()
+        assert body == batch_body(batch.messages, include_idempotency_keys=per_message_keys)
         assert len(body) <= batch.size_bound <= max_bytes
         with_keys = batch_body(batch.messages, include_idempotency_keys=True)
         assert len(with_keys) <= batch.size_bound
@@ -440,6 +441,33 @@ def test_subset_for_a_resend_has_a_new_stable_key() -> None:
             batch.subset(bad, attempt=1)
     with pytest.raises(ValueError, match="attempt"):
         batch.subset([0], attempt=0)
+
+
+@pytest.mark.parametrize("per_message_keys", [False, True])
+def test_the_body_reuses_the_measured_bytes_and_equals_batch_body(per_message_keys: bool) -> None:
+    # Every third recipient brings an attachment: those messages are only
+    # bounded while planned, and encoded when the body is built.
+    note = Attachment.from_bytes(b"your receipt", "receipt.txt", "text/plain")
+    rows = [
+        {**row, "attachments": [note]} if i % 3 == 0 else row for i, row in enumerate(people(12))
+    ]
+    plan = plan_batches(TEMPLATE, rows, job_key="job", per_message_keys=per_message_keys)
+    [batch] = split(plan)[0]
+    assert batch.encoded is not None
+    assert [part is None for part in batch.encoded] == [i % 3 == 0 for i in range(12)]
+    expected = batch_body(batch.messages, include_idempotency_keys=per_message_keys)
+    assert batch.to_json() == expected
+    assert len(expected) <= batch.size_bound
+    assert json.loads(expected)["messages"][0]["attachments"][0]["filename"] == "receipt.txt"
+    resend = batch.subset([0, 4, 9], attempt=1)
+    assert resend.to_json() == batch_body(
+        resend.messages, include_idempotency_keys=per_message_keys
+    )
+    assert [m["to"]["email"] for m in json.loads(resend.to_json())["messages"]] == [
+        "user0@example.com",
+        "user4@example.com",
+        "user9@example.com",
+    ]
 
 
 def test_batches_helper_passes_failures_and_duplicates_to_callbacks() -> None:
