@@ -175,7 +175,12 @@ class Personalizer:
     def render_wire(
         self, recipient: Recipient, *, idempotency_key: str | None = None
     ) -> WireMessage:
-        """Like :meth:`render`, as a dict in the wire shape (what batching uses: faster)."""
+        """Like :meth:`render`, as a dict in the wire shape (what batching uses: faster).
+
+        The dict is new, but its nested values that come from the template
+        (``from``, ``custom_headers``, ``cc``, ...) are shared by every
+        message: do not change them in place.
+        """
         changes: dict[str, Any] = {
             "to": {"email": recipient.email, "name": recipient.name}
             if recipient.name is not None
