@@ -9,9 +9,10 @@ POST /emails/send/batch:
 - sdk:   ``BatchSendRequest.from_dict({"messages": batch}).to_json()``, the
          official generated client (``sendmux-sending``);
 - floor: ``json.dumps({"messages": batch})``, no validation at all;
-- ours:  ``wire_message(d)`` for each message, then ``batch_body(...)``: what
-         ``SendmuxClient.send_batch`` and the batch planner do, with every
-         documented rule checked (the same field types as ``EmailMessage``);
+- ours:  ``wire_messages(batch)`` (one validation call for the batch), then
+         ``batch_body(...)``: what ``SendmuxClient.send_batch`` does, with
+         every documented rule checked (the same field types as
+         ``EmailMessage``);
 - models: ``EmailMessage.model_validate(d)`` for each message, then
          ``BatchRequest(messages=...).to_json()``: the model API, shown for
          comparison (no target).
@@ -50,7 +51,7 @@ from sendmux_sending.models.batch_send_request import (  # type: ignore[import-u
     BatchSendRequest,
 )
 
-from sendmux_dispatch.models import BatchRequest, EmailMessage, batch_body, limits, wire_message
+from sendmux_dispatch.models import BatchRequest, EmailMessage, batch_body, limits, wire_messages
 
 SECTION = "serialize"
 BATCH = limits.MAX_BATCH_MESSAGES
@@ -101,9 +102,9 @@ def floor_body(batch: list[dict[str, Any]]) -> str:
 
 
 def our_body(batch: list[dict[str, Any]]) -> bytes:
-    # One validation per message, as send_batch does: a bad message is
-    # reported by its index, the others' errors are collected too.
-    return batch_body([wire_message(data) for data in batch])
+    # As send_batch does: a bad message is reported by its index, the
+    # others' errors are collected too.
+    return batch_body(wire_messages(batch))
 
 
 def model_body(batch: list[dict[str, Any]]) -> bytes:
@@ -119,7 +120,7 @@ CONTENDERS: dict[str, Callable[[list[dict[str, Any]]], str | bytes]] = {
 LABELS = {
     "sdk": "official SDK (`sendmux_sending`): `BatchSendRequest.from_dict().to_json()`",
     "floor": "floor: `json.dumps` of plain dicts, no validation",
-    "ours": "ours: `wire_message` + `batch_body` (what `send_batch` does), full validation",
+    "ours": "ours: `wire_messages` + `batch_body` (what `send_batch` does), full validation",
     "models": "our models: `EmailMessage.model_validate` + `BatchRequest.to_json()` (no target)",
 }
 

@@ -68,6 +68,7 @@ from sendmux_dispatch.models import (
     batch_body,
     wire_message,
     wire_message_with,
+    wire_messages,
 )
 from sendmux_dispatch.pacing import InProcessPacer, RedisPacer, key_fingerprint
 from sendmux_dispatch.personalize import Personalizer
@@ -154,4 +155,5 @@ __all__ = [
     "read_jsonl",
     "wire_message",
     "wire_message_with",
+    "wire_messages",
 ]

@@ -53,10 +53,9 @@ from sendmux_dispatch.models import (
     Me,
     Metrics,
     SendResult,
-    WireMessage,
     batch_body,
     limits,
-    wire_message,
+    wire_messages,
 )
 from sendmux_dispatch.ratelimit import Pacer, RateLimitState
 from sendmux_dispatch.retry import RetryPolicy
@@ -357,18 +356,7 @@ class _BaseClient:
                     )
                 ]
             )
-        validated: list[WireMessage] = []
-        issues: list[FieldIssue] = []
-        for index, item in enumerate(items):
-            try:
-                validated.append(wire_message(item))
-            except InvalidMessageError as exc:
-                issues.extend(
-                    FieldIssue(f"messages.{index}.{issue.field}", issue.code, issue.message)
-                    for issue in exc.errors
-                )
-        if issues:
-            raise InvalidMessageError(issues)
+        validated = wire_messages(items)
         # per_message_keys=True puts each message's own idempotency_key into
         # the body, as the product docs describe; the OpenAPI spec's batch
         # schema has no such field (additionalProperties: false). The header

@@ -37,6 +37,7 @@ from sendmux_dispatch.models.wire import (
     batch_body,
     wire_message,
     wire_message_with,
+    wire_messages,
 )
 
 __all__ = [
@@ -72,4 +73,5 @@ __all__ = [
     "text_to_html",
     "wire_message",
     "wire_message_with",
+    "wire_messages",
 ]

@@ -25,6 +25,7 @@ from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import to_json
 from typing_extensions import NotRequired, Required, TypedDict
 
+from sendmux_dispatch.errors import FieldIssue, InvalidMessageError
 from sendmux_dispatch.models import limits
 from sendmux_dispatch.models.message import (
     OBVIOUSLY_SMALL_BODIES,
@@ -40,7 +41,14 @@ from sendmux_dispatch.models.message import (
     text_to_html,
 )
 
-__all__ = ["WireAddress", "WireMessage", "batch_body", "wire_message", "wire_message_with"]
+__all__ = [
+    "WireAddress",
+    "WireMessage",
+    "batch_body",
+    "wire_message",
+    "wire_message_with",
+    "wire_messages",
+]
 
 _CONFIG = ConfigDict(extra="forbid", regex_engine="rust-regex")
 
@@ -82,6 +90,7 @@ WireMessage.__pydantic_config__ = _CONFIG  # type: ignore[attr-defined]
 
 _FAST = TypeAdapter(WireMessage)
 _FAST_VALIDATE = _FAST.validate_python
+_FAST_VALIDATE_LIST = TypeAdapter(list[WireMessage]).validate_python
 
 
 # The fields one template's messages differ in: the recipient and what is
@@ -118,6 +127,46 @@ def wire_message(data: Mapping[str, Any] | EmailMessage) -> WireMessage:
         # Refused, or in a shape only the model reads (address strings,
         # from_): the model decides, and words any error.
         return _from_model(EmailMessage.model_validate(data))
+    return _with_bodies_checked(message, data)
+
+
+def wire_messages(items: Iterable[Mapping[str, Any] | EmailMessage]) -> list[WireMessage]:
+    """Each item validated as by :func:`wire_message`: the messages of one batch.
+
+    Plain wire-shaped dicts (the common case) are validated in one
+    pydantic-core call for the whole list. Raises
+    :class:`~sendmux_dispatch.errors.InvalidMessageError` naming every field
+    at fault in every message, as ``messages.<index>.<field>``.
+    """
+    items = list(items)
+    plain = [item for item in items if isinstance(item, Mapping) and "attachments" not in item]
+    if len(plain) == len(items):
+        try:
+            return [
+                _with_bodies_checked(message, item)
+                for message, item in zip(_FAST_VALIDATE_LIST(plain), plain, strict=True)
+            ]
+        except (PydanticValidationError, InvalidMessageError):
+            pass  # one at a time below: every message's every error, in the model's words
+    validated: list[WireMessage] = []
+    issues: list[FieldIssue] = []
+    for index, item in enumerate(items):
+        try:
+            validated.append(wire_message(item))
+        except InvalidMessageError as exc:
+            issues.extend(
+                FieldIssue(f"messages.{index}.{issue.field}", issue.code, issue.message)
+                for issue in exc.errors
+            )
+    if issues:
+        raise InvalidMessageError(issues)
+    return validated
+
+
+def _with_bodies_checked(message: WireMessage, data: Mapping[str, Any]) -> WireMessage:
+    """The checks the field types cannot make: a body is required, html_body
+    is derived from text_body, big messages get the model's size check.
+    ``message`` is ``data`` after the fast path; the model reads ``data``."""
     html_body = message.get("html_body")
     text_body = message.get("text_body")
     if html_body is None:
@@ -155,15 +204,9 @@ def wire_message_with(base: Mapping[str, Any], changes: Mapping[str, Any]) -> Wi
     message: WireMessage = {**base, **checked}  # type: ignore[typeddict-item]
     if not _REQUIRED_FIELDS.issubset(message):
         return wire_message(message)  # raises: names the missing field
-    html_body = message.get("html_body")
-    text_body = message.get("text_body")
-    if html_body is None:
-        if not text_body:
-            return wire_message(message)  # raises: no body
-        html_body = message["html_body"] = text_to_html(text_body)
-    if len(html_body) + len(text_body or "") > OBVIOUSLY_SMALL_BODIES:
-        return wire_message({**base, **changes})  # the model's size check
-    return message
+    # The changes passed as they are, so the model reads the merged message
+    # as it would have read {**base, **changes}.
+    return _with_bodies_checked(message, message)
 
 
 def _from_model(message: EmailMessage) -> WireMessage:

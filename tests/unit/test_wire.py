@@ -18,6 +18,7 @@ from sendmux_dispatch import (
     batch_body,
     wire_message,
     wire_message_with,
+    wire_messages,
 )
 from sendmux_dispatch.models import limits
 
@@ -253,3 +254,36 @@ def test_a_message_from_a_base_is_new_and_leaves_the_base_alone() -> None:
         base["from"],
     )
     assert json.dumps(base) == before
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(messages(), min_size=1, max_size=4))
+def test_a_list_checked_at_once_agrees_with_each_message_checked_alone(
+    items: list[dict[str, Any]],
+) -> None:
+    expected: list[WireMessage] = []
+    expected_issues = []
+    for index, item in enumerate(items):
+        try:
+            expected.append(wire_message(item))
+        except InvalidMessageError as error:
+            expected_issues += [
+                (f"messages.{index}.{issue.field}", issue.code, issue.message)
+                for issue in error.errors
+            ]
+    if not expected_issues:
+        assert wire_messages(items) == expected
+        return
+    with pytest.raises(InvalidMessageError) as caught:
+        wire_messages(items)
+    assert [(i.field, i.code, i.message) for i in caught.value.errors] == expected_issues
+
+
+def test_every_bad_message_of_a_list_is_named_by_its_index() -> None:
+    items = [MESSAGE, {**MESSAGE, "subject": ""}, MESSAGE, {**MESSAGE, "to": {"email": "x@"}}]
+    with pytest.raises(InvalidMessageError) as caught:
+        wire_messages(items)
+    assert [(issue.field, issue.code) for issue in caught.value.errors] == [
+        ("messages.1.subject", "empty"),
+        ("messages.3.to.email", "invalid_email"),
+    ]
