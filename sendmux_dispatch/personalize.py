@@ -276,7 +276,10 @@ def _template_dict(template: Mapping[str, Any] | BaseModel) -> dict[str, Any]:
         raise TypeError(
             f"a message template is a mapping in the wire shape, not {type(template).__name__}"
         )
-    data = dict(template)
+    # A null is an absent field, as in the model and in JSON templates
+    # ("html_body": null): kept, it would stop html_body being derived from
+    # each recipient's text and the placeholder's would be sent instead.
+    data = {key: value for key, value in template.items() if value is not None}
     if "from_" in data and "from" not in data:
         data["from"] = data.pop("from_")
     if "to" in data:

@@ -172,6 +172,20 @@ def test_text_only_template_derives_html_from_each_rendered_text() -> None:
     assert message.html_body == '<pre style="white-space:pre-wrap">Hi &lt;Ann&gt; &amp; co</pre>'
 
 
+def test_a_null_field_in_a_template_is_an_absent_one() -> None:
+    # As a JSON template file has it: "html_body": null.
+    template = {
+        "from": "news@example.com",
+        "subject": "Hi",
+        "text_body": "Hi {{ name }}",
+        "html_body": None,
+        "reply_to": None,
+    }
+    message = Personalizer(template).render_wire(Recipient("a@example.com", "Ann"))
+    assert message["html_body"] == '<pre style="white-space:pre-wrap">Hi Ann</pre>'
+    assert "reply_to" not in message
+
+
 def test_an_email_message_can_serve_as_template() -> None:
     model = EmailMessage.model_validate(
         {
