@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     faults.add_argument("--drop-after-accept", type=float, default=0.0)
     faults.add_argument("--slow-after-accept", type=float, default=0.0)
     faults.add_argument("--slow-seconds", type=float, default=30.0)
+    faults.add_argument(
+        "--item-error", type=float, default=0.0, help="per batch message: refused, retryable"
+    )
     faults.add_argument("--seed", type=int, default=None)
     parser.add_argument("--log-level", default="info")
     return parser
@@ -84,6 +87,7 @@ def build_config(args: argparse.Namespace) -> SandboxConfig:
             drop_after_accept=args.drop_after_accept,
             slow_after_accept=args.slow_after_accept,
             slow_seconds=args.slow_seconds,
+            item_error=args.item_error,
             seed=args.seed,
         ),
     )

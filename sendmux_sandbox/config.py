@@ -59,7 +59,10 @@ class FaultConfig:
     accepted (nothing is delivered); ``drop_after_accept`` and
     ``slow_after_accept`` are probabilities checked after the messages were
     accepted and delivered. The error rates together, and the two after-accept
-    rates together, must not exceed 1.
+    rates together, must not exceed 1. ``item_error`` is checked for each
+    valid message of a batch: the message is refused with a retryable
+    ``service_unavailable`` in its result item, and the others are accepted
+    (a partially failed batch, which only the items' own resend recovers).
     """
 
     error_503: float = 0.0
@@ -73,6 +76,8 @@ class FaultConfig:
     slow_after_accept: float = 0.0
     #: How long a slow response is held back; make it longer than the client's timeout.
     slow_seconds: float = 30.0
+    #: Per message of a batch: refused with a retryable error, not accepted.
+    item_error: float = 0.0
     #: Seed of the fault dice; ``None`` draws a fresh seed.
     seed: int | None = None
 
@@ -83,6 +88,7 @@ class FaultConfig:
             "error_429",
             "drop_after_accept",
             "slow_after_accept",
+            "item_error",
         ):
             _check_rate(name, getattr(self, name))
         if self.error_503 + self.error_500 + self.error_429 > 1.0 + 1e-9:
@@ -102,6 +108,7 @@ class FaultConfig:
                 self.latency,
                 self.drop_after_accept,
                 self.slow_after_accept,
+                self.item_error,
             )
         )
 

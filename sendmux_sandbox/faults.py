@@ -43,6 +43,10 @@ class FaultDice:
         with self._lock:
             self.config = config
             self._random = random.Random(config.seed)  # noqa: S311 - dice, not secrets
+            # A stream of its own, so item faults leave the per-request draws
+            # (and a seeded run's request faults) as they were.
+            items_seed = None if config.seed is None else f"items-{config.seed}"
+            self._items = random.Random(items_seed)  # noqa: S311
 
     def roll(self) -> FaultPlan:
         # Two draws per request whatever the outcome, so a seeded run sees
@@ -69,6 +73,14 @@ class FaultDice:
         elif second < config.drop_after_accept + config.slow_after_accept:
             after = "slow_after_accept"
         return FaultPlan(error, after, config.latency)
+
+    def failing_items(self, count: int) -> list[bool]:
+        """For each of ``count`` messages of a batch, whether it is refused (``item_error``)."""
+        with self._lock:
+            rate = self.config.item_error
+            if not rate:
+                return [False] * count
+            return [self._items.random() < rate for _ in range(count)]
 
 
 class DroppedResponse(Response):

@@ -112,6 +112,7 @@ def _send_many(sandbox: Sandbox, call: Call, payload: Any, header_key: str | Non
     results: list[dict[str, Any]] = []
     all_issues: list[Issue] = []
     invalid = 0
+    failing = sandbox.dice.failing_items(len(messages))
     with state.lock:
         for index, msg in enumerate(messages):
             issues = validate_message(msg)
@@ -123,6 +124,17 @@ def _send_many(sandbox: Sandbox, call: Call, payload: Any, header_key: str | Non
                     f"Message {index} failed validation ({len(issues)} issues).",
                     param=issues[0][0],
                     errors=issues,
+                )
+                results.append(
+                    {"index": index, "message_id": None, "status": "failed", "error": error}
+                )
+                continue
+            if failing[index]:
+                state.faults["item_error"] += 1
+                error = error_detail(
+                    "service_unavailable",
+                    f"Message {index} could not be queued just now (injected); retry it.",
+                    retryable=True,
                 )
                 results.append(
                     {"index": index, "message_id": None, "status": "failed", "error": error}

@@ -184,6 +184,32 @@ def test_a_batch_succeeds_partially_with_per_index_results(sendmux_sandbox):
     assert sendmux_sandbox.stats()["accepted_messages"] == 2
 
 
+def test_item_faults_refuse_single_messages_retryably_and_replay_the_same(sendmux_sandbox):
+    sendmux_sandbox.set_faults(item_error=0.5, seed=11)
+    batch = {"messages": [{**VALID, "to": {"email": f"p{i}@example.com"}} for i in range(40)]}
+    headers = {**AUTH, "Idempotency-Key": "item-faults"}
+    url = sendmux_sandbox.sending_url + "/emails/send/batch"
+    r = HTTP.post(url, json=batch, headers=headers)
+    assert r.status_code == 200, r.text
+    data = r.json()["data"]
+    failed = [item for item in data["results"] if item["status"] == "failed"]
+    assert 0 < len(failed) < 40
+    assert {(i["error"]["code"], i["error"]["retryable"]) for i in failed} == {
+        ("service_unavailable", True)
+    }
+    stats = sendmux_sandbox.stats()
+    assert stats["accepted_messages"] == data["summary"]["queued"] == 40 - len(failed)
+    assert stats["faults_by_kind"] == {"item_error": len(failed)}
+    for item in failed:
+        assert sendmux_sandbox.messages(to=f"p{item['index']}@example.com") == []
+    # The stored answer is replayed, failures included, as the API does.
+    again = HTTP.post(
+        sendmux_sandbox.sending_url + "/emails/send/batch", json=batch, headers=headers
+    )
+    assert again.json()["data"] == data
+    assert sendmux_sandbox.stats()["accepted_messages"] == 40 - len(failed)
+
+
 def test_a_batch_where_every_message_is_invalid_is_422(sendmux_sandbox):
     r = HTTP.post(
         sendmux_sandbox.sending_url + "/emails/send/batch",
