@@ -510,7 +510,9 @@ class _BaseClient:
 
     def _counters(self, call: _Call) -> tuple[ClientStats, ...]:
         """The stats ``call`` is counted in: the client's, and the call's own if it has them."""
-        return (self.stats,) if call.stats is None else (self.stats, call.stats)
+        if call.stats is None or call.stats is self.stats:
+            return (self.stats,)
+        return (self.stats, call.stats)
 
     def _handle_response(self, call: _Call, response: httpx.Response) -> _Reply:
         """Stats, pacer feedback, then the parsed reply, or the error to raise."""

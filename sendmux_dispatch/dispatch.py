@@ -332,7 +332,8 @@ class Dispatcher(_DispatcherBase[SendmuxClient]):
         while True:
             reply: BatchResult | SendmuxError | None = None
             if isinstance(step, _Sleep):
-                time.sleep(step.seconds)
+                # The client's policy waits, so a test's no-op sleep covers resends too.
+                self.client.retry.sleep(step.seconds)
             else:
                 try:
                     reply = self.client.send_batch_body(
@@ -413,7 +414,7 @@ class AsyncDispatcher(_DispatcherBase[AsyncSendmuxClient]):
         while True:
             reply: BatchResult | SendmuxError | None = None
             if isinstance(step, _Sleep):
-                await asyncio.sleep(step.seconds)
+                await self.client.retry.async_sleep(step.seconds)
             else:
                 try:
                     reply = await self.client.send_batch_body(

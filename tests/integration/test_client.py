@@ -493,6 +493,9 @@ def test_send_batch_body_counts_a_call_in_the_stats_it_is_given(client: Any, san
     assert (job.requests, job.retries, job.rate_limited) == (2, 1, 1)
     # The client's counters hold this call and the earlier send.
     assert (client.stats.requests, client.stats.retries, client.stats.rate_limited) == (3, 1, 1)
+    # Given the client's own stats, a call is still counted once.
+    client.send_batch_body(body, idempotency_key="own-stats-2", stats=client.stats)
+    assert client.stats.requests == 4
 
 
 def test_send_batch_body_checks_only_the_size(client: Any) -> None:

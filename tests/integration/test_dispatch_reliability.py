@@ -385,6 +385,36 @@ def test_messages_the_server_refuses_are_reported_per_recipient_while_the_rest_a
     assert len(sandbox.messages(to=email_of(4))) == 1
 
 
+def test_items_refused_with_a_retryable_error_are_resent_alone_until_accepted(
+    start_sandbox: Callable[..., SandboxServer],
+) -> None:
+    n = 2000
+    sandbox = start_sandbox()
+    sandbox.set_faults(item_error=0.25, seed=5)
+    slept: list[float] = []
+    retry = RetryPolicy(initial_delay=0.01, max_delay=0.05, sleep=slept.append)
+    with client_for(sandbox, retry=retry) as client:
+        report = dispatch(client, TEMPLATE, people(n), job_key="items", max_resends=8)
+
+    stats = sandbox.stats()
+    refused = stats["faults_by_kind"]["item_error"]
+    assert refused > n * 0.25  # resends were refused too: several rounds ran
+    # 0.25 ** 9: nobody should be refused nine times in a row; if someone is,
+    # they must be reported as failed and not delivered.
+    assert report.queued + report.failed == n
+    assert report.queued == stats["accepted_messages"] == stats["unique_recipients"]
+    assert stats["duplicate_deliveries"] == 0
+    assert all(f.code == "service_unavailable" for f in report.failures)
+    for failure in report.failures:
+        assert failure.email is not None
+        assert sandbox.messages(to=failure.email) == []
+    assert report.failed <= 2
+    # A resend is one request per partly refused batch and round, waited
+    # for with the client's policy (here: recorded, not slept).
+    assert report.requests == stats["requests"] > report.batches
+    assert len(slept) == report.requests - report.batches
+
+
 # --- 7. the shared limiter ------------------------------------------------------------
 
 PACED_LIMIT, PACED_WINDOW, PACED_HEADROOM, PACED_SECONDS = 20, 1, 0.1, 4.0
