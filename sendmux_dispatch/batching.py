@@ -282,8 +282,11 @@ class PlannedBatch:
         messages = [self.messages[i] for i in chosen]
         encoded = None if self.encoded is None else [self.encoded[i] for i in chosen]
         parts = [self.idempotency_key, str(attempt)]
-        for recipient in recipients:
-            parts.append(str(recipient.position))
+        # Indexes in the batch, not positions in the source: the batch key
+        # depends on its members, not on where they stood, and so must this
+        # (a re-run whose earlier rows shifted replays both).
+        for index, recipient in zip(chosen, recipients, strict=True):
+            parts.append(str(index))
             parts.append(recipient.identity)
         digest = _digest(b"sendmux-resend", parts)
         # The parent key is already key-safe; truncating it keeps nested

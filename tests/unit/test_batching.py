@@ -443,6 +443,16 @@ def test_subset_for_a_resend_has_a_new_stable_key() -> None:
         batch.subset([0], attempt=0)
 
 
+def test_a_resend_key_does_not_depend_on_where_the_batch_stood_in_the_source() -> None:
+    # A re-run whose list gained a broken row in front: the same members,
+    # one position later each. The batch replays; so must its resends.
+    [before] = split(plan_batches(TEMPLATE, people(10), job_key="job"))[0]
+    [after] = split(plan_batches(TEMPLATE, ["broken@@", *people(10)], job_key="job"))[0]
+    assert after.positions == [p + 1 for p in before.positions]
+    assert after.idempotency_key == before.idempotency_key
+    assert after.subset([2, 7], 1).idempotency_key == before.subset([2, 7], 1).idempotency_key
+
+
 @pytest.mark.parametrize("per_message_keys", [False, True])
 def test_the_body_reuses_the_measured_bytes_and_equals_batch_body(per_message_keys: bool) -> None:
     # Every third recipient brings an attachment: those messages are only
