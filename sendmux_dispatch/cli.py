@@ -95,6 +95,13 @@ class _ProgressLine:
         )
         self.stream.flush()
 
+    def finish(self, report: DispatchReport) -> None:
+        # Batches carry only valid, new recipients, so the last batch's line
+        # stops short of 100 % when rows were refused or dropped: end on the whole.
+        bar = f"[{'#' * 30}] {1:6.1%} " if self.total else ""
+        self.stream.write(f"\r{bar}{report.total} recipients in {report.elapsed:.1f} s\n")
+        self.stream.flush()
+
 
 def _print_report(report: DispatchReport, stream: TextIO) -> None:
     stream.write(report.summary_line() + "\n")
@@ -144,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nsendmux-send: {exc}", file=sys.stderr)
         return 2
     if progress is not None:
-        sys.stderr.write("\n")
+        progress.finish(report)
     _print_report(report, sys.stdout)
     return 0 if report.ok else 1
 
