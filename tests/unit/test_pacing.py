@@ -170,9 +170,12 @@ def test_a_pause_never_exceeds_one_window() -> None:
     pacer.observe(state(remaining=0, reset_in=3600))  # skewed or bogus reset
     start = time.monotonic()
     pacer.acquire()
+    held = time.monotonic() - start
+    assert 0.2 <= held < 0.6  # one window (0.3 s), not an hour
     pacer.pause(3600)
+    start = time.monotonic()
     pacer.acquire()
-    assert time.monotonic() - start < 1.2
+    assert 0.2 <= time.monotonic() - start < 0.6
 
 
 @pytest.mark.parametrize(
@@ -195,12 +198,13 @@ def test_stale_or_malformed_state_is_ignored(bad: RateLimitState) -> None:
 
 
 @pytest.mark.parametrize("seconds", [0, -1, float("nan"), float("inf")])
-def test_meaningless_pause_is_ignored_or_capped(seconds: float) -> None:
+def test_meaningless_pause_is_ignored(seconds: float) -> None:
+    # A finite pause is capped at one window (test_a_pause_never_exceeds_one_window).
     pacer = InProcessPacer(limit=50, window=0.5, headroom=0)
     pacer.pause(seconds)
     start = time.monotonic()
     pacer.acquire()
-    assert time.monotonic() - start < 0.7
+    assert time.monotonic() - start < 0.1
 
 
 def test_observe_takes_out_requests_made_elsewhere() -> None:

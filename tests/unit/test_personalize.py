@@ -237,10 +237,16 @@ def test_idempotency_key_is_set_when_given() -> None:
 
 def test_messages_do_not_share_mutable_state() -> None:
     personalizer = Personalizer({**TEMPLATE, "cc": ["c@example.com"]})
-    first = personalizer.render(ann())
-    second = personalizer.render(Recipient("b@example.com", variables={"plan": "x"}))
-    assert first.cc is not second.cc
-    assert first.to != second.to
+    bo = Recipient("b@example.com", variables={"plan": "x"})
+    first, second = personalizer.render_wire(ann()), personalizer.render_wire(bo)
+    assert first is not second
+    assert first["to"] is not second["to"]
+    first["subject"] = "changed"
+    first["to"]["email"] = "changed@example.com"
+    assert personalizer.render_wire(bo) == second
+    assert second["to"] == {"email": "b@example.com"}
+    # Models are built afresh: their lists are never shared.
+    assert personalizer.render(ann()).cc is not personalizer.render(bo).cc
 
 
 def test_globals_macros_and_blocks_work_with_the_shared_context() -> None:
