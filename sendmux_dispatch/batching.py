@@ -70,7 +70,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import to_json
 
-from sendmux_dispatch.models import WireMessage, batch_body, limits
+from sendmux_dispatch.models import WireMessage, batch_body, encode_message, limits
 from sendmux_dispatch.personalize import Personalizer
 from sendmux_dispatch.recipients import (
     Recipient,
@@ -181,13 +181,6 @@ def _attachment_bytes(attachment: Mapping[str, str]) -> int:
     return size
 
 
-def _encode(message: WireMessage, include_idempotency_key: bool) -> bytes:
-    """One message as ``batch_body`` writes it into a request body."""
-    if include_idempotency_key or "idempotency_key" not in message:
-        return to_json(message)
-    return to_json({key: value for key, value in message.items() if key != "idempotency_key"})
-
-
 def message_size_bound(message: WireMessage) -> int:
     """An upper bound of the bytes ``message`` adds to a batch request body.
 
@@ -257,7 +250,9 @@ class PlannedBatch:
         # Byte for byte what batch_body gives (pydantic-core writes compact
         # JSON); a message kept unencoded (one with attachments) is encoded now.
         parts = [
-            part if part is not None else _encode(message, self.per_message_keys)
+            part
+            if part is not None
+            else encode_message(message, include_idempotency_key=self.per_message_keys)
             for part, message in zip(self.encoded, self.messages, strict=True)
         ]
         return b'{"messages":[' + b",".join(parts) + b"]}"
@@ -503,7 +498,11 @@ class BatchPlan(Iterator[PlanItem]):
             # Measured by encoding it, and the bytes kept for the body; a
             # message with attachments is only bounded, so that megabytes of
             # base64 are not held twice while the batch waits for its turn.
-            part = None if "attachments" in message else _encode(message, per_message_keys)
+            part = (
+                None
+                if "attachments" in message
+                else encode_message(message, include_idempotency_key=per_message_keys)
+            )
             # +1: the comma that separates it from its neighbour.
             message_size = (message_size_bound(message) if part is None else len(part)) + 1
             if BATCH_ENVELOPE_BYTES + message_size > max_bytes:

@@ -45,6 +45,7 @@ __all__ = [
     "WireAddress",
     "WireMessage",
     "batch_body",
+    "encode_message",
     "wire_message",
     "wire_message_with",
     "wire_messages",
@@ -223,15 +224,17 @@ def batch_body(messages: Iterable[WireMessage], *, include_idempotency_keys: boo
     spec's batch schema has no such field, the request's header key is what
     protects a batch.
     """
-    if include_idempotency_keys:
-        return to_json({"messages": list(messages)})
     return to_json(
-        {
-            "messages": [
-                message
-                if "idempotency_key" not in message
-                else {key: value for key, value in message.items() if key != "idempotency_key"}
-                for message in messages
-            ]
-        }
+        {"messages": [_in_body(message, include_idempotency_keys) for message in messages]}
     )
+
+
+def encode_message(message: WireMessage, *, include_idempotency_key: bool = False) -> bytes:
+    """One message exactly as :func:`batch_body` writes it into a request body."""
+    return to_json(_in_body(message, include_idempotency_key))
+
+
+def _in_body(message: WireMessage, include_idempotency_key: bool) -> Mapping[str, Any]:
+    if include_idempotency_key or "idempotency_key" not in message:
+        return message
+    return {key: value for key, value in message.items() if key != "idempotency_key"}

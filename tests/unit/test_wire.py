@@ -16,6 +16,7 @@ from sendmux_dispatch import (
     InvalidMessageError,
     WireMessage,
     batch_body,
+    encode_message,
     wire_message,
     wire_message_with,
     wire_messages,
@@ -108,6 +109,12 @@ def test_batch_body_leaves_per_message_keys_out_unless_asked() -> None:
     models = [EmailMessage.model_validate(m) for m in messages]
     assert plain == json.loads(BatchRequest(messages=models).to_json())
     assert "idempotency_key" in messages[0]  # the caller's dicts are not changed
+    # One message, as it stands in those bodies.
+    assert json.loads(encode_message(messages[0])) == plain["messages"][0]
+    assert (
+        json.loads(encode_message(messages[0], include_idempotency_key=True))
+        == (keyed["messages"][0])
+    )
 
 
 # Values for each field, valid and invalid, in every shape a caller might use.
