@@ -104,6 +104,10 @@ def _send_one(sandbox: Sandbox, call: Call, payload: Any, header_key: str | None
         return {"message_id": state.message_id(seq), "status": "queued"}
 
 
+def _failed_item(index: int, error: dict[str, Any]) -> dict[str, Any]:
+    return {"index": index, "message_id": None, "status": "failed", "error": error}
+
+
 def _send_many(sandbox: Sandbox, call: Call, payload: Any, header_key: str | None) -> Any:
     messages, shape_issues = validate_batch_shape(payload)
     if shape_issues:
@@ -125,9 +129,7 @@ def _send_many(sandbox: Sandbox, call: Call, payload: Any, header_key: str | Non
                     param=issues[0][0],
                     errors=issues,
                 )
-                results.append(
-                    {"index": index, "message_id": None, "status": "failed", "error": error}
-                )
+                results.append(_failed_item(index, error))
                 continue
             if failing[index]:
                 state.faults["item_error"] += 1
@@ -136,16 +138,12 @@ def _send_many(sandbox: Sandbox, call: Call, payload: Any, header_key: str | Non
                     f"Message {index} could not be queued just now (injected); retry it.",
                     retryable=True,
                 )
-                results.append(
-                    {"index": index, "message_id": None, "status": "failed", "error": error}
-                )
+                results.append(_failed_item(index, error))
                 continue
             try:
                 seq = _accept(sandbox, call, msg, header_key)
             except ApiError as exc:
-                results.append(
-                    {"index": index, "message_id": None, "status": "failed", "error": exc.detail()}
-                )
+                results.append(_failed_item(index, exc.detail()))
                 continue
             results.append(
                 {"index": index, "message_id": state.message_id(seq), "status": "queued"}
