@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     concurrency=args.concurrency,
                 )
             elapsed = time.monotonic() - started
-        stats = sandbox.stats()
+        stats = sandbox.admin.stats()
         sandbox_rss = psutil.Process(sandbox.pid).memory_info().rss
     growth = (sampler.peak - baseline) / MB
     exactly_once = (

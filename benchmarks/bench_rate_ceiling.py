@@ -96,7 +96,7 @@ def measure(
                 pacer=pacer,
             )
         elapsed = time.monotonic() - started
-        stats = sandbox.stats()
+        stats = sandbox.admin.stats()
     accepted_requests = stats["requests"] - stats["rate_limited"]
     rate = accepted_requests / elapsed
     return {

@@ -71,9 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 client, TEMPLATE, people(args.n), job_key="bench-soak", concurrency=args.concurrency
             )
             elapsed = time.monotonic() - started
-        stats = sandbox.stats()
+        stats = sandbox.admin.stats()
         spot = [
-            len(sandbox.messages_to(f"person.{i}@mail{i % 13}.example.org"))
+            len(sandbox.admin.messages(f"person.{i}@mail{i % 13}.example.org"))
             for i in range(0, args.n, max(1, args.n // 20))
         ]
     checks = {

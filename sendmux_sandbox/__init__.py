@@ -10,6 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from sendmux_sandbox.admin_client import SandboxAdmin
     from sendmux_sandbox.app import create_app
     from sendmux_sandbox.config import (
         ALL_PERMISSIONS,
@@ -26,6 +27,7 @@ __all__ = [
     "DEFAULT_API_KEY",
     "SEND_ONLY_API_KEY",
     "FaultConfig",
+    "SandboxAdmin",
     "SandboxConfig",
     "SandboxServer",
     "create_app",
@@ -40,6 +42,7 @@ _HOMES = {
     "SandboxConfig": "sendmux_sandbox.config",
     "default_keys": "sendmux_sandbox.config",
     "SandboxServer": "sendmux_sandbox.server",
+    "SandboxAdmin": "sendmux_sandbox.admin_client",
     "create_app": "sendmux_sandbox.app",
 }
 

@@ -8,10 +8,10 @@ import time
 from types import TracebackType
 from typing import Any
 
-import httpx
 import uvicorn
 
-from sendmux_sandbox.app import ADMIN_PREFIX, MANAGEMENT_PREFIX, SENDING_PREFIX, create_app
+from sendmux_sandbox.admin_client import SandboxAdmin
+from sendmux_sandbox.app import MANAGEMENT_PREFIX, SENDING_PREFIX, create_app
 from sendmux_sandbox.config import FaultConfig, SandboxConfig
 
 __all__ = ["SandboxServer"]
@@ -43,7 +43,7 @@ class SandboxServer:
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
         self._port: int | None = None
-        self._http: httpx.Client | None = None
+        self._admin: SandboxAdmin | None = None
 
     # lifecycle
 
@@ -91,9 +91,9 @@ class SandboxServer:
                 thread.join(timeout=3)
         if sock is not None:
             sock.close()
-        if self._http is not None:
-            self._http.close()
-            self._http = None
+        if self._admin is not None:
+            self._admin.close()
+            self._admin = None
 
     def __enter__(self) -> SandboxServer:
         return self.start()
@@ -132,32 +132,25 @@ class SandboxServer:
 
     # admin helpers
 
-    def _admin(self, method: str, path: str, **kwargs: Any) -> Any:
-        if self._http is None:
-            self._http = httpx.Client(timeout=30)
-        response = self._http.request(method, self.base_url + ADMIN_PREFIX + path, **kwargs)
-        response.raise_for_status()
-        return response.json()
+    @property
+    def admin(self) -> SandboxAdmin:
+        """The admin API client (made on first use, closed by :meth:`stop`)."""
+        if self._admin is None:
+            self._admin = SandboxAdmin(self.base_url)
+        return self._admin
 
     def stats(self) -> dict[str, Any]:
         """Counters: requests, accepted_messages, unique_recipients, duplicate_deliveries, ..."""
-        result: dict[str, Any] = self._admin("GET", "/stats")
-        return result
+        return self.admin.stats()
 
     def messages(self, to: str | None = None, *, limit: int | None = None) -> list[dict[str, Any]]:
         """Accepted messages: all to ``to`` (any case), else the most recent ``limit`` (1000)."""
-        params: dict[str, str | int] = {}
-        if to is not None:
-            params["to"] = to
-        if limit is not None:
-            params["limit"] = limit
-        result: list[dict[str, Any]] = self._admin("GET", "/messages", params=params)["messages"]
-        return result
+        return self.admin.messages(to, limit=limit)
 
     def set_faults(self, **settings: Any) -> FaultConfig:
         """Replace the active faults (fields of :class:`FaultConfig`; none given clears them)."""
-        return FaultConfig(**self._admin("POST", "/faults", json=settings)["faults"])
+        return self.admin.set_faults(**settings)
 
     def reset(self) -> None:
         """Forget messages, idempotency records, counters and rate windows; restore start faults."""
-        self._admin("POST", "/reset")
+        self.admin.reset()
