@@ -36,6 +36,7 @@ from sendmux_dispatch.errors import (
     ConflictError,
     FieldIssue,
     IdempotencyConflictError,
+    InputError,
     InsufficientCreditsError,
     InvalidMessageError,
     LimitExceededError,
@@ -81,7 +82,7 @@ from sendmux_dispatch.recipients import (
     read_csv,
     read_jsonl,
 )
-from sendmux_dispatch.report import DispatchReport, Failure, Progress, ResultWriter
+from sendmux_dispatch.report import DispatchReport, Failure, Progress, ResultWriter, StopCause
 from sendmux_dispatch.retry import RetryPolicy
 
 __all__ = [
@@ -112,6 +113,7 @@ __all__ = [
     "FieldIssue",
     "IdempotencyConflictError",
     "InProcessPacer",
+    "InputError",
     "InsufficientCreditsError",
     "InvalidMessageError",
     "LimitExceededError",
@@ -138,6 +140,7 @@ __all__ = [
     "SendmuxTimeoutError",
     "ServerError",
     "ServiceUnavailableError",
+    "StopCause",
     "TransportError",
     "ValidationError",
     "WireAddress",

@@ -446,6 +446,9 @@ def _finish(
     report.elapsed = time.monotonic() - tally.started
     if stop is not None:
         report.stopped_reason = f"{type(stop.error).__name__}: {stop.error.message}"
+        report.stop_cause = (
+            "credits" if isinstance(stop.error, InsufficientCreditsError) else "auth"
+        )
     return report
 
 

@@ -2,6 +2,7 @@
 
     SendmuxError                          .status .code .message .param .retryable .request_id
     ├── InvalidMessageError               refused before any request; .errors lists each field
+    ├── InputError                        a recipient source that cannot be read on; .path .line
     ├── TransportError                    no usable HTTP response (connect failure, dropped)
     │   └── SendmuxTimeoutError           the request timed out
     └── APIError                          the server answered with an error
@@ -41,6 +42,7 @@ __all__ = [
     "ConflictError",
     "FieldIssue",
     "IdempotencyConflictError",
+    "InputError",
     "InsufficientCreditsError",
     "InvalidMessageError",
     "LimitExceededError",
@@ -160,6 +162,25 @@ class InvalidMessageError(SendmuxError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.errors,), None)
+
+
+class InputError(SendmuxError):
+    """A recipient source that cannot be read on: a malformed line, a bad header, a bad byte.
+
+    Raised by the readers in ``sendmux_dispatch.recipients`` (and accepted from
+    any recipient iterable). ``line`` is the 1-based physical line of the file
+    where the problem starts, when there is one; ``path`` the file's path.
+    Dispatch stops the job on it with a report (``stop_cause == "input"``)
+    instead of sending what follows a line it cannot trust.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None) -> None:
+        super().__init__(message, code="invalid_input", retryable=False)
+        self.path = path
+        self.line = line
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.message,), {"path": self.path, "line": self.line})
 
 
 class TransportError(SendmuxError):

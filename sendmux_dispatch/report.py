@@ -26,9 +26,23 @@ import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
-__all__ = ["DispatchReport", "Failure", "Progress", "ProgressCallback", "ResultWriter"]
+__all__ = [
+    "DispatchReport",
+    "Failure",
+    "Progress",
+    "ProgressCallback",
+    "ResultWriter",
+    "StopCause",
+]
+
+#: Why a job stopped before the end of its list (``DispatchReport.stop_cause``):
+#: ``auth`` 401/403, ``credits`` 402, ``rate_limited`` a Retry-After beyond the
+#: policy, ``outage`` consecutive batches failing the same way (the circuit
+#: breaker), ``input`` the recipient source could not be read on, ``interrupted``
+#: Ctrl-C or a caller's stop, ``ledger`` the ledger could not be reached.
+StopCause = Literal["auth", "credits", "rate_limited", "outage", "input", "interrupted", "ledger"]
 
 #: Failures kept in a report by default; the rest are counted.
 DEFAULT_MAX_FAILURES = 100
@@ -81,6 +95,7 @@ class DispatchReport:
     rate_limited: int = 0
     elapsed: float = 0.0
     stopped_reason: str | None = None
+    stop_cause: StopCause | None = None
     failures: list[Failure] = field(default_factory=list)
     failures_omitted: int = 0
     max_failures: int = DEFAULT_MAX_FAILURES
