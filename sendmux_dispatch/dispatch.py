@@ -143,11 +143,10 @@ class _Source:
 
 def _outage_signature(error: SendmuxError) -> tuple[str, int | None, str | None] | None:
     """What makes two failed batches "fail the same way"; ``None``: not an outage sign."""
+    status = error.status or 0
     if isinstance(error, TransportError) or (
-        isinstance(error, APIError) and error.status is not None and error.status >= 500
+        isinstance(error, APIError) and (status >= 500 or status == 429)
     ):
-        return (type(error).__name__, error.status, error.code)
-    if isinstance(error, APIError) and error.status == 429:
         return (type(error).__name__, error.status, error.code)
     return None
 
@@ -480,8 +479,12 @@ class Dispatcher(_DispatcherBase[SendmuxClient]):
             stop = stop or source.stop
             # A second KeyboardInterrupt here propagates: the caller abandons them.
             settle(wait(in_flight).done)
-        except BaseException:
+        except KeyboardInterrupt:
+            # The second one: abandon the batches in flight, do not wait for them.
             pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
             raise
         else:
             pool.shutdown(wait=True)
