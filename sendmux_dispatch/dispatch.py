@@ -66,7 +66,14 @@ from sendmux_dispatch.report import (
 )
 from sendmux_dispatch.retry import LONG_WAIT_SECONDS, RetryPolicy
 
-__all__ = ["AsyncDispatcher", "DispatchOptions", "Dispatcher", "adispatch", "dispatch"]
+__all__ = [
+    "DEFAULT_MAX_CONSECUTIVE_FAILURES",
+    "AsyncDispatcher",
+    "DispatchOptions",
+    "Dispatcher",
+    "adispatch",
+    "dispatch",
+]
 
 #: Errors that would fail every batch of the job: stop instead of burning through the list.
 _JOB_STOPPERS = (AuthenticationError, PermissionDeniedError, InsufficientCreditsError)
