@@ -329,10 +329,10 @@ def test_ctrl_c_while_waiting_settles_the_batches_in_flight(
 def test_a_second_ctrl_c_abandons_the_batches_in_flight(
     sandbox: Any, client: SendmuxClient
 ) -> None:
-    sandbox.set_faults(latency=1.0)
+    sandbox.set_faults(latency=1.5)
     # The first Ctrl-C comes from the reader (after two batches went out), the
     # second as a real SIGINT while dispatch waits for those two.
-    second = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    second = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
     started = time.monotonic()
     second.start()
     try:
@@ -346,8 +346,8 @@ def test_a_second_ctrl_c_abandons_the_batches_in_flight(
             )
     finally:
         second.cancel()
-    assert time.monotonic() - started < 0.9  # did not wait for the batches in flight
-    time.sleep(1.2)  # let the abandoned requests land before the next test's reset
+    assert time.monotonic() - started < 1.3  # did not wait for the batches in flight
+    time.sleep(1.6)  # let the abandoned requests land before the next test's reset
 
 
 async def test_cancelling_an_async_job_cancels_its_batches_and_re_raises(
