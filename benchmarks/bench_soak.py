@@ -59,8 +59,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     sandbox_args = ["--rate-limit", "0", "--delivery-delay", "0"]
     for name, value in FAULT_ARGS.items():
         sandbox_args += [name, value]
+    # The sandbox's 1 s Retry-After is within the policy (beyond it the job
+    # would stop); the sleep cuts every wait to 50 ms.
     retry = RetryPolicy(
-        max_attempts=15, initial_delay=0.01, max_delay=0.05, max_retry_after=0.05, deadline=600
+        max_attempts=15,
+        initial_delay=0.01,
+        max_delay=0.05,
+        max_retry_after=1.0,
+        deadline=600,
+        sleep=lambda seconds: time.sleep(min(seconds, 0.05)),
     )
     with SandboxProcess(*sandbox_args) as sandbox:
         with SendmuxClient(

@@ -15,6 +15,7 @@ raised outside the ``except`` block, so not even ``__context__`` refers to them.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import email.utils
@@ -41,6 +42,7 @@ from sendmux_dispatch.errors import (
     APIError,
     FieldIssue,
     InvalidMessageError,
+    SendmuxError,
     SendmuxTimeoutError,
     TransportError,
     error_from_response,
@@ -58,7 +60,7 @@ from sendmux_dispatch.models import (
     wire_messages,
 )
 from sendmux_dispatch.ratelimit import Pacer, RateLimitState
-from sendmux_dispatch.retry import RetryPolicy
+from sendmux_dispatch.retry import LONG_WAIT_SECONDS, RetryPolicy
 
 __all__ = [
     "DEFAULT_MANAGEMENT_URL",
@@ -251,7 +253,8 @@ def _parse_retry_after(value: str | None) -> float | None:
     except ValueError:
         pass
     else:
-        return max(seconds, 0.0) if math.isfinite(seconds) else None
+        # A negative delta is a broken header, not "now": absent, so backoff applies.
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
@@ -534,7 +537,9 @@ class _BaseClient:
                     stats._add_rate_limited()
                 pause: Callable[[float], None] | None = getattr(pacer, "pause", None)
                 if pause is not None and retry_after is not None:
-                    pause(retry_after)
+                    # Capped: a wait beyond the policy is not taken (the call
+                    # raises), so other calls must not sleep an hour in the pacer.
+                    pause(min(retry_after, self.retry.max_retry_after))
             raise error_from_response(
                 status, response.content, request_id=request_id, retry_after=retry_after
             )
@@ -613,16 +618,25 @@ class _BaseClient:
         def record(delay: float, error: BaseException | None) -> None:
             for stats in self._counters(call):
                 stats._add_retry(delay)
-            logger.info(
-                "retrying %s in %.2f s after %s (status=%s, request_id=%s)",
-                call.label,
+            hinted = getattr(error, "retry_after", None) is not None
+            logger.log(
+                logging.WARNING if delay >= LONG_WAIT_SECONDS else logging.INFO,
+                "waiting %.1f s before retrying %s (%s) after %s (status=%s, request_id=%s)",
                 delay,
+                call.label,
+                "the server's Retry-After" if hinted else "backoff",
                 type(error).__name__,
                 getattr(error, "status", None),
                 getattr(error, "request_id", None),
             )
 
         return record
+
+    def _retry_later(self, error: SendmuxError) -> SendmuxError | None:
+        """The error to raise instead of ``error`` when its Retry-After is beyond the policy."""
+        if self.retry.waits_too_long(error):
+            return self.retry.too_long_error(error)
+        return None
 
 
 class SendmuxClient(_BaseClient):
@@ -688,7 +702,14 @@ class SendmuxClient(_BaseClient):
 
     def _request(self, call: _Call) -> _Reply:
         retrying = self.retry.retrying(before_sleep=self._on_retry(call))
-        return retrying(self._attempt, call)
+        later: SendmuxError | None = None
+        try:
+            return retrying(self._attempt, call)
+        except SendmuxError as exc:
+            later = self._retry_later(exc)
+            if later is None:
+                raise
+        raise later  # outside the except: the message says it all
 
     def send(
         self, message: EmailMessage | Mapping[str, Any], *, idempotency_key: str | None = None
@@ -788,7 +809,16 @@ class SendmuxClient(_BaseClient):
 
 
 class AsyncSendmuxClient(_BaseClient):
-    """The asyncio twin of :class:`SendmuxClient`: same arguments, awaitable methods."""
+    """The asyncio twin of :class:`SendmuxClient`: same arguments, awaitable methods.
+
+    Event loops: a connection pool belongs to the loop that opened its
+    connections. Used from another loop (a second ``asyncio.run``, an Airflow
+    trigger, a Celery task that makes its own loop), the client notices before
+    sending and starts a fresh pool for the new loop. With a ``transport=`` of
+    your own it cannot build a fresh one, so it refuses instead, with a
+    :class:`~sendmux_dispatch.errors.SendmuxError` (code ``event_loop_changed``)
+    raised before any byte is sent. Use it from one loop at a time.
+    """
 
     _http: httpx.AsyncClient
 
@@ -816,9 +846,37 @@ class AsyncSendmuxClient(_BaseClient):
             user_agent_extra=user_agent_extra,
         )
         self._http = httpx.AsyncClient(timeout=self._timeout, transport=transport)
+        self._own_transport = transport is None
+        #: The loop the pool's connections belong to (set on first use).
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _pool_for_this_loop(self) -> None:
+        """Make sure the pool belongs to the running loop; before any byte is sent."""
+        loop = asyncio.get_running_loop()
+        if self._loop is None or self._loop is loop:
+            self._loop = loop
+            return
+        if not self._own_transport:
+            raise SendmuxError(
+                "this AsyncSendmuxClient was first used in another event loop, and its "
+                "transport= was given by the caller, so the client cannot open a fresh "
+                "connection pool for this loop; nothing was sent. Create the client (and its "
+                "transport) inside the loop that uses it.",
+                code="event_loop_changed",
+                retryable=False,
+            )
+        # The old pool's connections are bound to the old loop (usually closed):
+        # dropped, not closed, since closing them needs that loop.
+        logger.debug("event loop changed: opening a fresh connection pool")
+        self._http = httpx.AsyncClient(timeout=self._timeout)
+        self._loop = loop
 
     async def aclose(self) -> None:
         """Close the connection pool."""
+        if self._loop is not None and self._loop is not asyncio.get_running_loop():
+            # Connections of another loop cannot be closed from this one.
+            self._http = httpx.AsyncClient(timeout=self._timeout)
+            self._loop = None
         await self._http.aclose()
 
     async def __aenter__(self) -> AsyncSendmuxClient:
@@ -828,6 +886,7 @@ class AsyncSendmuxClient(_BaseClient):
         await self.aclose()
 
     async def _attempt(self, call: _Call) -> _Reply:
+        self._pool_for_this_loop()
         pacer = self._paced(call)
         if pacer is not None:
             await pacer.acquire_async()
@@ -845,8 +904,15 @@ class AsyncSendmuxClient(_BaseClient):
 
     async def _request(self, call: _Call) -> _Reply:
         retrying = self.retry.async_retrying(before_sleep=self._on_retry(call))
-        reply: _Reply = await retrying(self._attempt, call)
-        return reply
+        later: SendmuxError | None = None
+        try:
+            reply: _Reply = await retrying(self._attempt, call)
+            return reply
+        except SendmuxError as exc:
+            later = self._retry_later(exc)
+            if later is None:
+                raise
+        raise later  # outside the except: the message says it all
 
     async def send(
         self, message: EmailMessage | Mapping[str, Any], *, idempotency_key: str | None = None

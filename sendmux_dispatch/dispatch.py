@@ -11,7 +11,11 @@ The rules that make a job exactly-once within Sendmux's 24 h idempotency window:
 - ``idempotency_conflict`` on a replay means this key already carried an
   accepted request for this work (the body differs, e.g. the template was
   edited): recorded as "already accepted" and never sent again;
-- errors that would fail every batch (401, 403, 402) stop the job; what was
+- errors that would fail every batch (401, 403, 402, a Retry-After beyond the
+  retry policy) stop the job, and so do an unreadable line in the recipient
+  source (:class:`~sendmux_dispatch.errors.InputError`), Ctrl-C in the
+  blocking driver, and ``max_consecutive_failures`` batches in a row failing
+  the same way (the circuit breaker); batches in flight are settled, what was
   not attempted is counted as ``not_sent``, so a fixed re-run completes it.
 
 The per-batch logic is written once, as a generator that yields what it needs
@@ -22,8 +26,9 @@ only carry those steps out.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +41,14 @@ from typing_extensions import Unpack
 from sendmux_dispatch.batching import Duplicate, PlannedBatch, plan_batches
 from sendmux_dispatch.client import AsyncSendmuxClient, ClientStats, SendmuxClient
 from sendmux_dispatch.errors import (
+    APIError,
     AuthenticationError,
     IdempotencyConflictError,
+    InputError,
     InsufficientCreditsError,
     PermissionDeniedError,
     SendmuxError,
+    TransportError,
     ValidationError,
 )
 from sendmux_dispatch.models import Balance, BatchItem, BatchResult, Me
@@ -54,9 +62,18 @@ from sendmux_dispatch.report import (
     Progress,
     ProgressCallback,
     ResultWriter,
+    StopCause,
 )
+from sendmux_dispatch.retry import LONG_WAIT_SECONDS, RetryPolicy
 
-__all__ = ["AsyncDispatcher", "DispatchOptions", "Dispatcher", "adispatch", "dispatch"]
+__all__ = [
+    "DEFAULT_MAX_CONSECUTIVE_FAILURES",
+    "AsyncDispatcher",
+    "DispatchOptions",
+    "Dispatcher",
+    "adispatch",
+    "dispatch",
+]
 
 #: Errors that would fail every batch of the job: stop instead of burning through the list.
 _JOB_STOPPERS = (AuthenticationError, PermissionDeniedError, InsufficientCreditsError)
@@ -64,10 +81,81 @@ _JOB_STOPPERS = (AuthenticationError, PermissionDeniedError, InsufficientCredits
 Template = Personalizer | Mapping[str, Any] | BaseModel
 
 
+#: Default of ``max_consecutive_failures``: batches in a row failing the same way.
+DEFAULT_MAX_CONSECUTIVE_FAILURES = 5
+
+logger = logging.getLogger(__name__)
+
+
 class _StopJob(Exception):
-    def __init__(self, error: SendmuxError) -> None:
+    """Why the job stops; ``error`` is what the batches not sent are recorded with."""
+
+    def __init__(self, error: SendmuxError, cause: StopCause, reason: str | None = None) -> None:
         super().__init__(str(error))
         self.error = error
+        self.cause = cause
+        self.reason = reason or f"{type(error).__name__}: {error.message}"
+
+
+def _input_stop(error: InputError) -> _StopJob:
+    where = ", ".join(
+        part
+        for part in (error.path, f"line {error.line}" if error.line is not None else None)
+        if part
+    )
+    reason = f"InputError: {error.message}"
+    if where and (error.line is None or f"line {error.line}" not in error.message):
+        reason += f" ({where})"
+    return _StopJob(error, "input", reason + "; nothing from that line on was sent")
+
+
+def _interrupted_stop() -> _StopJob:
+    error = SendmuxError("the job was interrupted before this batch was sent", code="interrupted")
+    return _StopJob(
+        error,
+        "interrupted",
+        "KeyboardInterrupt: stopped taking new batches; the batches in flight were settled",
+    )
+
+
+class _Source:
+    """The recipient iterable, ended cleanly (not torn) by an InputError or a Ctrl-C.
+
+    The planner then yields what it holds as a last batch, which the driver
+    counts ``not_sent`` (so every row read is accounted for); not sending it
+    matters: a re-run of the fixed file plans that batch with more rows under
+    the same key, and a sent partial batch would turn them into "already
+    accepted" without ever sending them.
+    """
+
+    def __init__(self, recipients: Iterable[object]) -> None:
+        self._recipients = recipients
+        self.stop: _StopJob | None = None
+
+    def __iter__(self) -> Iterator[object]:
+        iterator = iter(self._recipients)
+        while True:
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+            except InputError as exc:
+                self.stop = _input_stop(exc)
+                return
+            except KeyboardInterrupt:
+                self.stop = _interrupted_stop()
+                return
+            yield item
+
+
+def _outage_signature(error: SendmuxError) -> tuple[str, int | None, str | None] | None:
+    """What makes two failed batches "fail the same way"; ``None``: not an outage sign."""
+    status = error.status or 0
+    if isinstance(error, TransportError) or (
+        isinstance(error, APIError) and (status >= 500 or status == 429)
+    ):
+        return (type(error).__name__, error.status, error.code)
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +186,23 @@ class _Tally:
         # This job's own requests, retries and 429s: the client's counters
         # also hold every other job that shares the client.
         self.calls = ClientStats()
+        self._streak: tuple[tuple[str, int | None, str | None] | None, int] = (None, 0)
+
+    def failure_streak(self, error: SendmuxError | None) -> int:
+        """Record how a batch ended (``None``: the server answered it); the current streak.
+
+        The streak counts batches in a row, in the order they end, that failed
+        with the same error class, status and code after the client's retries.
+        """
+        signature = None if error is None else _outage_signature(error)
+        with self.lock:
+            if signature is None:
+                self._streak = (None, 0)
+            elif self._streak[0] == signature:
+                self._streak = (signature, self._streak[1] + 1)
+            else:
+                self._streak = (signature, 1)
+            return self._streak[1]
 
     def _fail(
         self, position: int | None, email: str | None, code: str, message: str, status: str
@@ -192,7 +297,9 @@ def _issues_by_index(error: ValidationError) -> dict[int, str]:
     return {index: "; ".join(messages) for index, messages in found.items()}
 
 
-def _batch_steps(batch: PlannedBatch, tally: _Tally, max_resends: int, delay: Any) -> _Steps:
+def _batch_steps(
+    batch: PlannedBatch, tally: _Tally, options: _Options, policy: RetryPolicy
+) -> _Steps:
     """The life of one planned batch, as the steps a driver must carry out."""
     current = batch
     attempt = 0
@@ -200,20 +307,48 @@ def _batch_steps(batch: PlannedBatch, tally: _Tally, max_resends: int, delay: An
         outcome = yield _Send(current)
         if isinstance(outcome, IdempotencyConflictError) and not outcome.retryable:
             # The key already carried an accepted request for this work.
+            tally.failure_streak(None)
             tally.whole_batch(current, "already_accepted", outcome)
             return
         if isinstance(outcome, _JOB_STOPPERS):
             tally.whole_batch(current, "not_sent", outcome)
-            raise _StopJob(outcome)
+            raise _StopJob(
+                outcome, "credits" if isinstance(outcome, InsufficientCreditsError) else "auth"
+            )
+        if isinstance(outcome, SendmuxError) and policy.waits_too_long(outcome):
+            # The client raised at once (message says when to retry): the
+            # other batches would meet the same wait, so the job stops.
+            tally.whole_batch(current, "not_sent", outcome)
+            raise _StopJob(outcome, "rate_limited")
         if isinstance(outcome, SendmuxError):
             tally.whole_batch(current, "failed", outcome)
+            streak = tally.failure_streak(outcome)
+            limit = options.max_consecutive_failures
+            if limit and streak >= limit:
+                raise _StopJob(
+                    outcome,
+                    "outage",
+                    f"{type(outcome).__name__}: {outcome.message} ({streak} batches in a row "
+                    "failed this way after their retries; the circuit breaker stopped the job, "
+                    "see max_consecutive_failures)",
+                )
             return
         assert isinstance(outcome, BatchResult)
-        resend = tally.items(current, outcome, final=attempt >= max_resends)
+        tally.failure_streak(None)
+        resend = tally.items(current, outcome, final=attempt >= options.max_resends)
         if not resend:
             return
         attempt += 1
-        yield _Sleep(delay(attempt))
+        delay = policy.next_delay(attempt)
+        if delay >= LONG_WAIT_SECONDS:
+            logger.info(
+                "waiting %.1f s before resending %d refused messages of batch %s (resend %d)",
+                delay,
+                len(resend),
+                current.idempotency_key,
+                attempt,
+            )
+        yield _Sleep(delay)
         current = current.subset(resend, attempt)
 
 
@@ -226,7 +361,10 @@ class DispatchOptions(TypedDict, total=False):
     ``results_path`` gets one JSON line per recipient; ``max_resends`` of the
     failed-and-retryable items of a batch [3]; ``preflight`` checks the key's
     permission and the balance first [False]; ``dedupe`` drops repeated
-    addresses [True]; ``per_message_keys`` also sends per-message keys [False].
+    addresses [True]; ``per_message_keys`` also sends per-message keys [False];
+    ``max_consecutive_failures`` batches in a row failing the same way (5xx,
+    connection errors, 429s, after the client's retries) stop the job with
+    ``stop_cause == "outage"`` [5; 0 disables the breaker].
     """
 
     concurrency: int
@@ -238,6 +376,7 @@ class DispatchOptions(TypedDict, total=False):
     preflight: bool
     dedupe: bool
     per_message_keys: bool
+    max_consecutive_failures: int
 
 
 @dataclass(kw_only=True)
@@ -251,12 +390,15 @@ class _Options:
     preflight: bool = False
     dedupe: bool = True
     per_message_keys: bool = False
+    max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if self.max_resends < 0:
             raise ValueError("max_resends must be 0 or more")
+        if self.max_consecutive_failures < 0:
+            raise ValueError("max_consecutive_failures must be 0 (no breaker) or more")
 
 
 _C = TypeVar("_C", SendmuxClient, AsyncSendmuxClient)
@@ -274,15 +416,21 @@ class Dispatcher(_DispatcherBase[SendmuxClient]):
     ``concurrency`` batches are in flight at most; the recipient source is read
     only as fast as batches are sent, so memory stays flat for any list size.
     A ``pacer`` (or the client's own) keeps the key under its request ceiling.
+
+    Ctrl-C (a ``KeyboardInterrupt`` in the calling thread) stops taking new
+    batches, waits for those in flight and returns the report with
+    ``stop_cause == "interrupted"``; a second one while waiting propagates and
+    abandons them (their threads finish their current request in the background).
     """
 
     def run(
         self, template: Template, recipients: Iterable[object], *, job_key: str
     ) -> DispatchReport:
         options, client = self.options, self.client
+        source = _Source(recipients)
         plan = plan_batches(
             template,
-            recipients,
+            source,
             job_key=job_key,
             dedupe=options.dedupe,
             per_message_keys=options.per_message_keys,
@@ -292,42 +440,68 @@ class Dispatcher(_DispatcherBase[SendmuxClient]):
         tally = _Tally(job_key, options.max_failures, options.results_path, time.monotonic())
         batches_done = 0
         stop: _StopJob | None = None
+        pool = ThreadPoolExecutor(options.concurrency, thread_name_prefix="sendmux")
+        in_flight: set[Future[None]] = set()
+
+        def settle(done: set[Future[None]]) -> None:
+            nonlocal batches_done, stop
+            for future in done:
+                error = future.exception()
+                if isinstance(error, _StopJob):
+                    stop = stop or error
+                elif error is not None:
+                    raise error
+                batches_done += 1
+                if options.on_progress is not None:
+                    options.on_progress(tally.progress(batches_done))
+
+        held: PlannedBatch | None = None
         try:
-            with ThreadPoolExecutor(options.concurrency, thread_name_prefix="sendmux") as pool:
-                in_flight: set[Future[None]] = set()
-
-                def settle(done: set[Future[None]]) -> None:
-                    nonlocal batches_done, stop
-                    for future in done:
-                        error = future.exception()
-                        if isinstance(error, _StopJob):
-                            stop = stop or error
-                        elif error is not None:
-                            raise error
-                        batches_done += 1
-                        if options.on_progress is not None:
-                            options.on_progress(tally.progress(batches_done))
-
+            try:
                 for item in plan:
-                    if isinstance(item, PlannedBatch):
-                        if len(in_flight) >= options.concurrency:
-                            done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                            settle(done)
-                        # Checked after the wait: the batch that freed the slot may have hit 401.
-                        if stop is not None:
-                            tally.whole_batch(item, "not_sent", stop.error)
-                            continue
-                        in_flight.add(pool.submit(self._drive, item, tally))
-                    else:
+                    if not isinstance(item, PlannedBatch):
                         tally.plan_item(item)
-                settle(wait(in_flight).done)
+                        continue
+                    held = item
+                    if len(in_flight) >= options.concurrency:
+                        done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                        settle(done)
+                    # Checked after the wait: the batch that freed the slot may have hit 401.
+                    stop = stop or source.stop
+                    if stop is not None:
+                        tally.whole_batch(item, "not_sent", stop.error)
+                    else:
+                        in_flight.add(pool.submit(self._drive, item, tally))
+                    held = None
+            except KeyboardInterrupt:
+                stop = stop or _interrupted_stop()
+                if held is not None:
+                    tally.whole_batch(held, "not_sent", stop.error)
+                if in_flight:
+                    logger.warning(
+                        "interrupted: waiting for %d batches in flight (interrupt again to "
+                        "abandon them)",
+                        len(in_flight),
+                    )
+            stop = stop or source.stop
+            # A second KeyboardInterrupt here propagates: the caller abandons them.
+            settle(wait(in_flight).done)
+        except KeyboardInterrupt:
+            # The second one: abandon the batches in flight, do not wait for them.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        else:
+            pool.shutdown(wait=True)
         finally:
             if tally.writer is not None:
                 tally.writer.close()
         return _finish(tally, plan.stats.recipients, plan.stats.batches, stop)
 
     def _drive(self, batch: PlannedBatch, tally: _Tally) -> None:
-        steps = _batch_steps(batch, tally, self.options.max_resends, self.client.retry.next_delay)
+        steps = _batch_steps(batch, tally, self.options, self.client.retry)
         step = next(steps)
         while True:
             reply: BatchResult | SendmuxError | None = None
@@ -351,15 +525,24 @@ class Dispatcher(_DispatcherBase[SendmuxClient]):
 
 
 class AsyncDispatcher(_DispatcherBase[AsyncSendmuxClient]):
-    """The asyncio twin of :class:`Dispatcher`, on an :class:`AsyncSendmuxClient`."""
+    """The asyncio twin of :class:`Dispatcher`, on an :class:`AsyncSendmuxClient`.
+
+    Cancelling the task that runs a job (``asyncio.CancelledError``: a
+    timeout, an Airflow trigger stopped, ``asyncio.run`` on Ctrl-C) cancels the
+    batches in flight, waits until they have unwound and re-raises: no report,
+    no request after the cancellation returns. A request cut off that way may
+    still have been accepted; re-running the job with the same ``job_key``
+    replays it instead of sending again.
+    """
 
     async def run(
         self, template: Template, recipients: Iterable[object], *, job_key: str
     ) -> DispatchReport:
         options, client = self.options, self.client
+        source = _Source(recipients)
         plan = plan_batches(
             template,
-            recipients,
+            source,
             job_key=job_key,
             dedupe=options.dedupe,
             per_message_keys=options.per_message_keys,
@@ -392,24 +575,32 @@ class AsyncDispatcher(_DispatcherBase[AsyncSendmuxClient]):
                         )
                         settle(done)
                     # Checked after the wait: the batch that freed the slot may have hit 401.
+                    stop = stop or source.stop
                     if stop is not None:
                         tally.whole_batch(item, "not_sent", stop.error)
                         continue
                     in_flight.add(asyncio.ensure_future(self._drive(item, tally)))
                 else:
                     tally.plan_item(item)
+            stop = stop or source.stop
             if in_flight:
                 done, _ = await asyncio.wait(in_flight)
                 settle(done)
         finally:
-            for task in in_flight:
+            pending = [task for task in in_flight if not task.done()]
+            for task in pending:
                 task.cancel()
-            if tally.writer is not None:
-                tally.writer.close()
+            try:
+                if pending:
+                    # Unwound before we return or re-raise: no request outlives the job.
+                    await asyncio.gather(*pending, return_exceptions=True)
+            finally:
+                if tally.writer is not None:
+                    tally.writer.close()
         return _finish(tally, plan.stats.recipients, plan.stats.batches, stop)
 
     async def _drive(self, batch: PlannedBatch, tally: _Tally) -> None:
-        steps = _batch_steps(batch, tally, self.options.max_resends, self.client.retry.next_delay)
+        steps = _batch_steps(batch, tally, self.options, self.client.retry)
         step = next(steps)
         while True:
             reply: BatchResult | SendmuxError | None = None
@@ -445,10 +636,19 @@ def _finish(
     report.rate_limited = tally.calls.rate_limited
     report.elapsed = time.monotonic() - tally.started
     if stop is not None:
-        report.stopped_reason = f"{type(stop.error).__name__}: {stop.error.message}"
-        report.stop_cause = (
-            "credits" if isinstance(stop.error, InsufficientCreditsError) else "auth"
+        report.stopped_reason = stop.reason
+        report.stop_cause = stop.cause
+        # Rows the planner had read but not yet batched when an interrupt tore
+        # it: never attempted, and every row read must end in one outcome.
+        accounted = (
+            report.queued
+            + report.failed
+            + report.invalid
+            + report.duplicates_dropped
+            + report.already_accepted
+            + report.not_sent
         )
+        report.not_sent += max(0, recipients - accounted)
     return report
 
 
@@ -493,7 +693,9 @@ def dispatch(
     ``job_key`` names the work (the same key re-run replays instead of
     re-sending); ``recipients`` is any iterable :func:`plan_batches` accepts,
     read lazily. Invalid recipients are reported, never raised; the job stops
-    early only on 401, 403 and 402. ``options`` are :class:`DispatchOptions`.
+    early (``report.stop_cause``) on 401/403 and 402, a Retry-After beyond the
+    retry policy, an :class:`~sendmux_dispatch.errors.InputError` from the
+    source, Ctrl-C, and the circuit breaker. ``options`` are :class:`DispatchOptions`.
     """
     return Dispatcher(client, **options).run(template, recipients, job_key=job_key)
 

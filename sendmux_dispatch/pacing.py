@@ -84,6 +84,7 @@ from limits.util import WindowStats
 
 from sendmux_dispatch.models.limits import RATE_WINDOW_SECONDS, SENDING_REQUESTS_PER_WINDOW
 from sendmux_dispatch.ratelimit import RateLimitState
+from sendmux_dispatch.retry import LONG_WAIT_SECONDS
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -160,6 +161,22 @@ def _make_item(ceiling: int, window: float, namespace: str) -> RateLimitItem:
     return _FractionalWindowItem(ceiling, float(window), namespace)
 
 
+def _log_pause(seconds: float) -> None:
+    if seconds >= LONG_WAIT_SECONDS:
+        logger.warning("pacer: waiting %.1f s, the server's Retry-After after a 429", seconds)
+
+
+def _logged_wait(seconds: float, pacer: _BasePacer) -> float:
+    if seconds >= LONG_WAIT_SECONDS:
+        logger.info(
+            "pacer: waiting %.1f s for a free request slot (ceiling %d per %g s)",
+            seconds,
+            pacer.ceiling,
+            pacer.window,
+        )
+    return seconds
+
+
 def _current_loop() -> asyncio.AbstractEventLoop | None:
     try:
         return asyncio.get_running_loop()
@@ -229,11 +246,12 @@ class _BasePacer:
                 now = time.time()
                 paused_until = max(self._local_pause_until, self._shared_pause_until())
                 if paused_until > now:
+                    _log_pause(paused_until - now)
                     time.sleep(min(paused_until - now, self.window))
                     continue
                 if self._hit():
                     return
-                time.sleep(self._wait_for(self._stats()))
+                time.sleep(_logged_wait(self._wait_for(self._stats()), self))
 
     async def acquire_async(self) -> None:
         """Wait, without blocking the event loop, until a request slot is free, and take it."""
@@ -242,11 +260,12 @@ class _BasePacer:
                 now = time.time()
                 paused_until = max(self._local_pause_until, await self._ashared_pause_until())
                 if paused_until > now:
+                    _log_pause(paused_until - now)
                     await asyncio.sleep(min(paused_until - now, self.window))
                     continue
                 if await self._ahit():
                     return
-                await asyncio.sleep(self._wait_for(await self._astats()))
+                await asyncio.sleep(_logged_wait(self._wait_for(await self._astats()), self))
 
     def _wait_for(self, stats: WindowStats) -> float:
         """Seconds until the oldest entry of the moving window ages out."""

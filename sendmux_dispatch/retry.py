@@ -19,6 +19,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import tenacity
@@ -26,7 +27,11 @@ import tenacity
 from sendmux_dispatch.errors import InvalidMessageError, SendmuxError
 from sendmux_dispatch.models.limits import IDEMPOTENCY_TTL_SECONDS
 
-__all__ = ["RetryPolicy"]
+__all__ = ["LONG_WAIT_SECONDS", "RetryPolicy"]
+
+#: Waits at least this long are logged on the ``sendmux_dispatch`` loggers
+#: (retry sleeps, resends, pacer waits), so a silent terminal is never a wait.
+LONG_WAIT_SECONDS = 3.0
 
 #: Statuses that no server hint can make retryable: the same request would
 #: fail the same way (bad key, missing permission, no credits, invalid body).
@@ -34,6 +39,17 @@ _NEVER_RETRY_STATUSES = frozenset({400, 401, 402, 403, 404, 413, 422})
 
 #: ``before_sleep(delay, error)``: told each wait before it happens.
 BeforeSleep = Callable[[float, "BaseException | None"], None]
+
+
+def _usable_retry_after(error: BaseException | None) -> float | None:
+    # A negative or non-finite hint is a broken header, not "retry at once":
+    # treated as absent, so the backoff applies (five instant retries otherwise).
+    retry_after = getattr(error, "retry_after", None)
+    if isinstance(retry_after, bool) or not isinstance(retry_after, (int, float)):
+        return None
+    if not math.isfinite(retry_after) or retry_after < 0:
+        return None
+    return float(retry_after)
 
 
 def _failure(state: tenacity.RetryCallState) -> BaseException | None:
@@ -55,7 +71,10 @@ class RetryPolicy:
       under 24 h, the server's idempotency window: a retry after the window
       could deliver twice.
     * ``max_retry_after``: a server's ``Retry-After`` is honoured up to this
-      many seconds.
+      many seconds; an error asking for a longer wait is not retried at all
+      (:meth:`waits_too_long`): the client raises it at once, saying when to
+      retry, instead of hammering a server that asked for an hour's rest. A
+      negative or unreadable ``Retry-After`` counts as absent (backoff).
     * ``sleep`` / ``async_sleep``: how the client waits between attempts;
       tests inject a no-op and read the delays from ``client.stats``.
     """
@@ -107,7 +126,46 @@ class RetryPolicy:
             return False
         if error.status in _NEVER_RETRY_STATUSES:
             return False
+        if self.waits_too_long(error):
+            return False
         return bool(error.retryable)
+
+    def waits_too_long(self, error: BaseException) -> bool:
+        """True when ``error`` carries a Retry-After beyond ``max_retry_after``.
+
+        Such an error is not retried: waiting that long inside one call would
+        hold a worker (and a terminal) silently for minutes or hours.
+        """
+        retry_after = _usable_retry_after(error)
+        return retry_after is not None and retry_after > self.max_retry_after
+
+    def too_long_error(self, error: SendmuxError, *, now: float | None = None) -> SendmuxError:
+        """``error`` again (same class, status, code), its message saying when to retry.
+
+        For an error :meth:`waits_too_long` flagged; ``now`` (Unix seconds)
+        is for tests.
+        """
+        retry_after = _usable_retry_after(error) or 0.0
+        when = datetime.fromtimestamp(
+            (time.time() if now is None else now) + retry_after, tz=timezone.utc
+        )
+        at = (when + timedelta(microseconds=-when.microsecond)).isoformat().replace("+00:00", "Z")
+        message = (
+            f"{error.message} The server asks to retry in {retry_after:.0f} s (at {at}), beyond "
+            f"this client's max_retry_after of {self.max_retry_after:g} s, so it was not "
+            f"retried: try again after {at}, or raise RetryPolicy.max_retry_after."
+        )
+        return type(error)(
+            message,
+            status=error.status,
+            code=error.code,
+            param=error.param,
+            doc_url=error.doc_url,
+            retryable=error.retryable,
+            request_id=error.request_id,
+            errors=error.errors,
+            retry_after=error.retry_after,
+        )
 
     def next_delay(self, attempt: int, error: BaseException | None = None) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based) before the next.
@@ -116,9 +174,9 @@ class RetryPolicy:
         ``max_retry_after``; otherwise exponential backoff with jitter, capped
         at ``max_delay``. A Celery task can use this as its retry countdown.
         """
-        retry_after = getattr(error, "retry_after", None)
-        if isinstance(retry_after, (int, float)) and math.isfinite(retry_after):
-            return float(min(max(retry_after, 0.0), self.max_retry_after))
+        retry_after = _usable_retry_after(error)
+        if retry_after is not None:
+            return min(retry_after, self.max_retry_after)
         exponent = max(attempt, 1) - 1
         try:
             backoff = self.initial_delay * self.multiplier**exponent

@@ -68,7 +68,8 @@ class FaultConfig:
     error_503: float = 0.0
     error_500: float = 0.0
     error_429: float = 0.0
-    #: The ``Retry-After`` seconds sent with an injected 503 or 429.
+    #: The ``Retry-After`` seconds sent with an injected 503 or 429; may be
+    #: negative, to see how a client takes a broken header.
     retry_after: int = 1
     #: Seconds added to every send request before it is processed.
     latency: float = 0.0
@@ -95,8 +96,8 @@ class FaultConfig:
             raise ValueError("error_503 + error_500 + error_429 must not exceed 1")
         if self.drop_after_accept + self.slow_after_accept > 1.0 + 1e-9:
             raise ValueError("drop_after_accept + slow_after_accept must not exceed 1")
-        if self.retry_after < 0 or self.latency < 0 or self.slow_seconds < 0:
-            raise ValueError("retry_after, latency and slow_seconds must not be negative")
+        if self.latency < 0 or self.slow_seconds < 0:
+            raise ValueError("latency and slow_seconds must not be negative")
 
     @property
     def active(self) -> bool:

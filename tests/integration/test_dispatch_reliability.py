@@ -15,6 +15,7 @@ This file is also the child program of the multi-process tests
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -66,14 +67,28 @@ FAULTS = FaultConfig(
 FAULT_KINDS = ("error_503", "error_500", "error_429", "drop_after_accept", "slow_after_accept")
 
 
+def _short_sleep(seconds: float) -> None:
+    time.sleep(min(seconds, 0.05))
+
+
+async def _short_async_sleep(seconds: float) -> None:
+    await asyncio.sleep(min(seconds, 0.05))
+
+
 def quick_retries() -> RetryPolicy:
-    """Short waits (Retry-After capped too) but many attempts and a generous deadline."""
+    """Short waits but many attempts and a generous deadline.
+
+    The sandbox's 1 s Retry-After is within the policy (a longer one would
+    stop the job), and the sleeps cut every wait to 50 ms.
+    """
     return RetryPolicy(
         max_attempts=15,
         initial_delay=0.01,
         max_delay=0.05,
-        max_retry_after=0.05,
+        max_retry_after=1.0,
         deadline=120.0,
+        sleep=_short_sleep,
+        async_sleep=_short_async_sleep,
     )
 
 

@@ -213,3 +213,23 @@ def test_before_sleep_is_told_the_delay_and_the_error() -> None:
     policy = RetryPolicy(sleep=lambda _: None)
     assert policy.retrying(before_sleep=lambda d, e: seen.append((d, e)))(attempt) == "ok"
     assert seen == [(1.5, error)]
+
+
+@pytest.mark.parametrize("retry_after", [-5.0, float("nan"), float("inf")])
+def test_a_negative_or_unusable_retry_after_counts_as_absent(retry_after: float) -> None:
+    error = ServiceUnavailableError("busy", status=503, retry_after=retry_after)
+    assert POLICY.next_delay(3, error) == POLICY.next_delay(3)
+    assert POLICY.should_retry(error)
+    assert not POLICY.waits_too_long(error)
+
+
+def test_a_retry_after_beyond_the_policy_is_not_retried_and_says_when() -> None:
+    error = RateLimitError("Slow down.", status=429, code="rate_limit_exceeded", retry_after=3600)
+    assert POLICY.waits_too_long(error)
+    assert not POLICY.should_retry(error)
+    assert not POLICY.waits_too_long(RateLimitError("x", status=429, retry_after=120.0))
+    later = POLICY.too_long_error(error, now=1_800_000_000.0)
+    assert type(later) is RateLimitError
+    assert (later.status, later.code, later.retry_after) == (429, "rate_limit_exceeded", 3600)
+    assert "retry in 3600 s (at 2027-01-15T09:00:00Z)" in later.message
+    assert "max_retry_after of 120 s" in later.message
