@@ -50,7 +50,8 @@ def main() -> int:
             with SqliteLedger(path, synchronous=mode) as ledger:  # type: ignore[arg-type]
                 seconds = run(ledger, n, "bench")
                 stats = ledger.stats("bench")
-                assert stats is not None and stats.accepted == n
+                assert stats is not None
+                assert stats.accepted == n
             size = sum(p.stat().st_size for p in Path(directory).glob(f"ledger-{mode}.db*"))
             print(
                 f"sqlite synchronous={mode}: {n / seconds:,.0f} recipients/s "
