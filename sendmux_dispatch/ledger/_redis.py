@@ -26,11 +26,12 @@ __all__ = ["RedisLedger"]
 
 _T = TypeVar("_T")
 _HEAD = struct.Struct(">Qd")  # attempt, created: in front of an intent's packed members
+_INDEX_EVERY = 5.0  # seconds between refreshes of a job's score in the jobs index
 
 # Every script touches only one job's keys, all sharing the hash tag {job id},
 # so they run atomically on a single Redis and on a cluster alike.
 # KEYS: acc (set), claims (hash digest -> key), pend (hash key -> blob), meta (hash)
-# ARGV: key, blob, now, job_key, digests...
+# ARGV: key, blob, now, job_key, digests... Returns {1 if the job is new, taken digests}.
 _BEGIN = """
 local taken = {}
 for i = 5, #ARGV do
@@ -43,25 +44,25 @@ for i = 5, #ARGV do
   end
 end
 redis.call('HSETNX', KEYS[4], 'job_key', ARGV[4])
-redis.call('HSETNX', KEYS[4], 'created', ARGV[3])
+local fresh = redis.call('HSETNX', KEYS[4], 'created', ARGV[3])
 redis.call('HSET', KEYS[4], 'updated', ARGV[3])
-if #taken > 0 then return taken end
-if redis.call('HSETNX', KEYS[3], ARGV[1], ARGV[2]) == 1 then
+if #taken == 0 and redis.call('HSETNX', KEYS[3], ARGV[1], ARGV[2]) == 1 then
   for i = 5, #ARGV do redis.call('HSET', KEYS[2], ARGV[i], ARGV[1]) end
 end
-return taken
+return {fresh, taken}
 """
 
 # ARGV: key, now, job_key, successor key ('' for none), successor blob, accepted digests...
+# Returns 1 if the job is new.
 _FINISH = """
 for i = 6, #ARGV, 1000 do
   redis.call('SADD', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end
 redis.call('HSETNX', KEYS[4], 'job_key', ARGV[3])
-redis.call('HSETNX', KEYS[4], 'created', ARGV[2])
+local fresh = redis.call('HSETNX', KEYS[4], 'created', ARGV[2])
 redis.call('HSET', KEYS[4], 'updated', ARGV[2])
 local blob = redis.call('HGET', KEYS[3], ARGV[1])
-if not blob then return 0 end
+if not blob then return fresh end
 for i = 17, #blob, 8 do
   local d = string.sub(blob, i, i + 7)
   if redis.call('HGET', KEYS[2], d) == ARGV[1] then redis.call('HDEL', KEYS[2], d) end
@@ -71,7 +72,7 @@ if ARGV[4] ~= '' and redis.call('HSETNX', KEYS[3], ARGV[4], ARGV[5]) == 1 then
   local sblob = ARGV[5]
   for i = 17, #sblob, 8 do redis.call('HSET', KEYS[2], string.sub(sblob, i, i + 7), ARGV[4]) end
 end
-return 1
+return fresh
 """
 
 # ARGV: cutoff. Deletes the job only if it is still old (a worker may have just written).
@@ -174,6 +175,7 @@ class RedisLedger:
                 or str(exc).startswith(("MISCONF", "LOADING", "TRYAGAIN", "CLUSTERDOWN"))
             ),
         )
+        self._indexed: dict[str, float] = {}
         self._begin = self._client.register_script(_BEGIN)
         self._finish = self._client.register_script(_FINISH)
         self._prune = self._client.register_script(_PRUNE)
@@ -223,10 +225,17 @@ class RedisLedger:
 
         return self._run("read pending batches", query)
 
-    def _touch(self, jid: str, now: float) -> None:
+    def _touch(self, jid: str, now: float, fresh: object) -> None:
         # Outside the scripts on purpose: the index spans jobs (another hash
-        # slot on a cluster) and only serves listing and pruning.
-        self._client.zadd(self._index, {jid: now})
+        # slot on a cluster) and only serves listing and pruning. Refreshed at
+        # most every few seconds per job, saving a round trip per call: a
+        # score older than the truth only makes a job a prune *candidate*
+        # early, and the prune script re-checks the job's own `updated`.
+        # A job the script just created (first write, or first since a prune)
+        # is always indexed.
+        if fresh or now - self._indexed.get(jid, 0.0) >= _INDEX_EVERY:
+            self._client.zadd(self._index, {jid: now})
+            self._indexed[jid] = now
 
     def begin(self, job_key: str, intent: Intent) -> set[int]:
         _check_job_key(job_key)
@@ -236,8 +245,8 @@ class RedisLedger:
         def write() -> set[int]:
             now = time.time()
             args: list[Any] = [intent.key, _pack(intent, now), now, job_key]
-            taken: list[bytes] = self._begin(keys=keys, args=[*args, *_raw(intent.digests)])
-            self._touch(jid, now)
+            fresh, taken = self._begin(keys=keys, args=[*args, *_raw(intent.digests)])
+            self._touch(jid, now, fresh)
             return {int.from_bytes(raw, "big") for raw in taken}
 
         return self._run("record a pending batch", write)
@@ -264,8 +273,8 @@ class RedisLedger:
                 b"" if successor is None else _pack(successor, now),
                 *_raw(accepted),
             ]
-            self._finish(keys=keys, args=args)
-            self._touch(jid, now)
+            fresh = self._finish(keys=keys, args=args)
+            self._touch(jid, now, fresh)
 
         self._run("record a batch result", write)
 

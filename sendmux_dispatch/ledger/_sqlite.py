@@ -52,12 +52,6 @@ CREATE TABLE IF NOT EXISTS intents (
     members BLOB NOT NULL,
     PRIMARY KEY (job, key)
 );
-CREATE TABLE IF NOT EXISTS claims (
-    job INTEGER NOT NULL,
-    digest INTEGER NOT NULL,
-    key TEXT NOT NULL,
-    PRIMARY KEY (job, digest)
-) WITHOUT ROWID;
 """
 
 
@@ -161,6 +155,10 @@ class SqliteLedger:
                     backend="sqlite",
                 )
             conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+            # A batch's accepted digests land on ~100 random pages, each copied
+            # into the WAL; checkpointing every 10,000 pages (40 MB) rather than
+            # 1,000 halves what a batch costs (docs/ledger.md, "Memory and cost").
+            conn.execute("PRAGMA wal_autocheckpoint=10000")
             # executescript() would commit first: one statement at a time, in
             # one transaction, so two processes creating the file do not race.
             with self._write(conn):
@@ -262,29 +260,30 @@ class SqliteLedger:
             now = time.time()
             with self._write(conn):
                 job = self._touch(conn, job_key, now)
+                members = set(intent.digests)
                 taken: set[int] = set()
                 for chunk in _chunks(intent.digests):
                     marks = ",".join("?" * len(chunk))
-                    signed = [_signed(d) for d in chunk]
                     taken.update(
                         _unsigned(row[0])
                         for row in conn.execute(
-                            f"SELECT digest FROM accepted WHERE job = ? AND digest IN ({marks})"  # noqa: S608
-                            f" UNION SELECT digest FROM claims WHERE job = ? AND key != ?"
-                            f" AND digest IN ({marks})",
-                            (job, *signed, job, intent.key, *signed),
+                            f"SELECT digest FROM accepted WHERE job = ? AND digest IN ({marks})",  # noqa: S608
+                            (job, *map(_signed, chunk)),
                         )
                     )
+                # Pending intents are few (what was in flight), so their members
+                # are checked here rather than kept in an index: an index row per
+                # member would double the random page writes of every batch.
+                for (blob,) in conn.execute(
+                    "SELECT members FROM intents WHERE job = ? AND key != ?", (job, intent.key)
+                ):
+                    taken.update(members.intersection(_unpack(blob)))
                 if taken:
                     return taken
                 conn.execute(
                     "INSERT INTO intents (job, key, attempt, created, members) "
                     "VALUES (?, ?, ?, ?, ?) ON CONFLICT (job, key) DO NOTHING",
                     (job, intent.key, intent.attempt, now, _pack(intent.digests)),
-                )
-                conn.executemany(
-                    "INSERT OR IGNORE INTO claims (job, digest, key) VALUES (?, ?, ?)",
-                    [(job, _signed(d), intent.key) for d in intent.digests],
                 )
                 return taken
 
@@ -311,16 +310,11 @@ class SqliteLedger:
                 gone = conn.execute(
                     "DELETE FROM intents WHERE job = ? AND key = ?", (job, key)
                 ).rowcount
-                conn.execute("DELETE FROM claims WHERE job = ? AND key = ?", (job, key))
                 if gone and successor is not None:
                     conn.execute(
                         "INSERT INTO intents (job, key, attempt, created, members) "
                         "VALUES (?, ?, ?, ?, ?) ON CONFLICT (job, key) DO NOTHING",
                         (job, successor.key, successor.attempt, now, _pack(successor.digests)),
-                    )
-                    conn.executemany(
-                        "INSERT OR IGNORE INTO claims (job, digest, key) VALUES (?, ?, ?)",
-                        [(job, _signed(d), successor.key) for d in successor.digests],
                     )
 
         self._run("record a batch result", write)
@@ -350,15 +344,15 @@ class SqliteLedger:
         conn: sqlite3.Connection, job: int, job_key: str, created: float, updated: float
     ) -> JobStats:
         accepted = conn.execute("SELECT count(*) FROM accepted WHERE job = ?", (job,)).fetchone()
-        pending, oldest = conn.execute(
-            "SELECT count(*), min(created) FROM intents WHERE job = ?", (job,)
+        pending, oldest, members = conn.execute(
+            "SELECT count(*), min(created), total(length(members)) / 8 FROM intents WHERE job = ?",
+            (job,),
         ).fetchone()
-        members = conn.execute("SELECT count(*) FROM claims WHERE job = ?", (job,)).fetchone()
         return JobStats(
             job_key=job_key,
             accepted=int(accepted[0]),
             pending=int(pending),
-            pending_members=int(members[0]),
+            pending_members=int(members),
             created=float(created),
             updated=float(updated),
             oldest_pending=None if oldest is None else float(oldest),
@@ -379,7 +373,7 @@ class SqliteLedger:
                         (cutoff, job_key),
                     )
                 doomed = [(row[0],) for row in ids.fetchall()]
-                for table in ("accepted", "intents", "claims"):
+                for table in ("accepted", "intents"):
                     conn.executemany(f"DELETE FROM {table} WHERE job = ?", doomed)  # noqa: S608
                 conn.executemany("DELETE FROM jobs WHERE id = ?", doomed)
                 return len(doomed)

@@ -96,6 +96,10 @@ def test_stats_jobs_and_prune(ledger: RedisLedger) -> None:
     assert ledger.prune(older_than=0, job_key=JOB) == 1
     assert ledger.prune(older_than=0, job_key="never ran") == 0
     assert ledger.jobs() == []
+    # Written again right after it was forgotten: listed (and prunable) again.
+    ledger.begin(JOB, Intent("k-9", members[:1]))
+    assert [job.job_key for job in ledger.jobs()] == [JOB]
+    assert ledger.prune(older_than=0) == 1
 
 
 def test_workers_racing_for_the_same_members_never_both_win(ledger: RedisLedger) -> None:
