@@ -191,10 +191,13 @@ class SqliteLedger:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # Also when COMMIT itself failed (busy, disk full): a transaction
+            # left open would make the retry's BEGIN fail for good.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
 
     @staticmethod
     def _job_id(conn: sqlite3.Connection, job_key: str) -> int | None:

@@ -215,6 +215,42 @@ def test_a_locked_file_raises_ledger_unavailable_after_the_bounded_wait(tmp_path
     ledger.close()
 
 
+def test_a_full_disk_raises_ledger_unavailable_and_records_nothing_in_part(
+    tmp_path: Path,
+) -> None:
+    ledger = SqliteLedger(tmp_path / "ledger.db", unavailable_after=0.5)
+    conn = ledger._conn
+    assert conn is not None
+    # SQLite's own "database or disk is full" (SQLITE_FULL), as on a full disk.
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages + 8}")
+    begun: list[str] = []
+    finished: list[str] = []
+
+    def fill() -> None:
+        for n in range(1000):
+            members = digests(*(f"r{n}-{i}@x.com" for i in range(100)))
+            key = f"k-{n}"
+            ledger.begin(JOB, Intent(key, members))
+            begun.append(key)
+            ledger.finish(JOB, key, accepted=members)
+            finished.append(key)
+
+    with pytest.raises(LedgerUnavailableError, match="full") as caught:
+        fill()
+    assert caught.value.waited >= 0.5
+    assert finished  # some fitted before the disk filled
+    conn.execute("PRAGMA max_page_count = 1073741823")  # space again
+    stats = ledger.stats(JOB)
+    assert stats is not None
+    # Each write landed whole or not at all: what was recorded is exactly what
+    # returned, and a batch begun but not finished is still pending, whole.
+    assert stats.accepted == 100 * len(finished)
+    assert [intent.key for intent in ledger.pending(JOB)] == begun[len(finished) :]
+    assert stats.pending_members == 100 * (len(begun) - len(finished))
+    ledger.close()
+
+
 def test_a_file_that_is_not_a_database_fails_at_once(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
     path.write_bytes(b"this is not sqlite" * 100)
@@ -236,3 +272,23 @@ def test_intents_are_json_ready_and_small() -> None:
         Intent("k", (5, 5))
     with pytest.raises(ValueError, match="64-bit"):
         Intent("k", (0,))
+
+
+def _use_inherited(ledger: SqliteLedger) -> None:
+    ledger.begin(JOB, Intent("child", digests("child@x.com")))
+    ledger.finish(JOB, "child", accepted=digests("child@x.com"))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_ledger_inherited_through_fork_opens_its_own_connection(ledger: SqliteLedger) -> None:
+    ledger.begin(JOB, Intent("parent", digests("parent@x.com")))
+    parent_conn = ledger._conn
+    child = multiprocessing.get_context("fork").Process(target=_use_inherited, args=(ledger,))
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    assert ledger._conn is parent_conn  # the parent's connection was left alone
+    ledger.finish(JOB, "parent", accepted=digests("parent@x.com"))
+    assert ledger.accepted_among(JOB, digests("parent@x.com", "child@x.com")) == set(
+        digests("parent@x.com", "child@x.com")
+    )
