@@ -275,8 +275,12 @@ def test_intents_are_json_ready_and_small() -> None:
 
 
 def _use_inherited(ledger: SqliteLedger) -> None:
+    inherited = ledger._conn
     ledger.begin(JOB, Intent("child", digests("child@x.com")))
     ledger.finish(JOB, "child", accepted=digests("child@x.com"))
+    # SQLite's locks belong to the process that opened the connection.
+    if ledger._conn is inherited:
+        raise SystemExit(3)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
