@@ -126,7 +126,9 @@ class RedisLedger:
 
     A Redis that cannot be reached is retried for ``unavailable_after``
     seconds (each attempt bounded by ``socket_timeout``), then
-    :class:`~sendmux_dispatch.errors.LedgerUnavailableError`.
+    :class:`~sendmux_dispatch.errors.LedgerUnavailableError`. A client you
+    pass keeps its own timeouts: give it a ``socket_timeout``, or a network
+    partition can hold one call past ``unavailable_after``.
     """
 
     def __init__(
