@@ -39,6 +39,7 @@ from sendmux_dispatch.errors import (
     InputError,
     InsufficientCreditsError,
     InvalidMessageError,
+    LedgerUnavailableError,
     LimitExceededError,
     NotFoundError,
     PayloadTooLargeError,
@@ -51,6 +52,7 @@ from sendmux_dispatch.errors import (
     TransportError,
     ValidationError,
 )
+from sendmux_dispatch.ledger import Intent, JobStats, Ledger, RedisLedger, SqliteLedger
 from sendmux_dispatch.models import (
     Address,
     Attachment,
@@ -115,7 +117,11 @@ __all__ = [
     "InProcessPacer",
     "InputError",
     "InsufficientCreditsError",
+    "Intent",
     "InvalidMessageError",
+    "JobStats",
+    "Ledger",
+    "LedgerUnavailableError",
     "LimitExceededError",
     "Me",
     "Metrics",
@@ -131,6 +137,7 @@ __all__ = [
     "RateLimitState",
     "Recipient",
     "RecipientFailure",
+    "RedisLedger",
     "RedisPacer",
     "ResultWriter",
     "RetryPolicy",
@@ -140,6 +147,7 @@ __all__ = [
     "SendmuxTimeoutError",
     "ServerError",
     "ServiceUnavailableError",
+    "SqliteLedger",
     "StopCause",
     "TransportError",
     "ValidationError",

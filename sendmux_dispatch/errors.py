@@ -3,6 +3,7 @@
     SendmuxError                          .status .code .message .param .retryable .request_id
     ├── InvalidMessageError               refused before any request; .errors lists each field
     ├── InputError                        a recipient source that cannot be read on; .path .line
+    ├── LedgerUnavailableError            the send ledger stayed unreachable; .backend .waited
     ├── TransportError                    no usable HTTP response (connect failure, dropped)
     │   └── SendmuxTimeoutError           the request timed out
     └── APIError                          the server answered with an error
@@ -45,6 +46,7 @@ __all__ = [
     "InputError",
     "InsufficientCreditsError",
     "InvalidMessageError",
+    "LedgerUnavailableError",
     "LimitExceededError",
     "NotFoundError",
     "PayloadTooLargeError",
@@ -181,6 +183,28 @@ class InputError(SendmuxError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.message,), {"path": self.path, "line": self.line})
+
+
+class LedgerUnavailableError(SendmuxError):
+    """The send ledger could not be read or written for ``waited`` seconds.
+
+    Raised by ``sendmux_dispatch.ledger`` after its bounded retries (Redis down,
+    SQLite locked or its disk full). Dispatch stops the job on it with a report
+    (``stop_cause == "ledger"``) rather than send what it could not record.
+    Retryable: a later re-run of the same job key, once the store is back,
+    replays what was pending. ``backend`` is ``"sqlite"`` or ``"redis"``; the
+    message names the path or host, never a password.
+    """
+
+    default_retryable = True
+
+    def __init__(self, message: str, *, backend: str = "unknown", waited: float = 0.0) -> None:
+        super().__init__(message, code="ledger_unavailable")
+        self.backend = backend
+        self.waited = waited
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.message,), {"backend": self.backend, "waited": self.waited})
 
 
 class TransportError(SendmuxError):

@@ -1,0 +1,347 @@
+"""The shared ledger: Redis, for many workers on many machines."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import time
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sendmux_dispatch.ledger._base import (
+    DEFAULT_UNAVAILABLE_AFTER,
+    Intent,
+    JobStats,
+    Retrier,
+    _check_digests,
+    _check_job_key,
+    seconds,
+)
+
+if TYPE_CHECKING:
+    import redis
+
+__all__ = ["RedisLedger"]
+
+_T = TypeVar("_T")
+_HEAD = struct.Struct(">Qd")  # attempt, created: in front of an intent's packed members
+_INDEX_EVERY = 5.0  # seconds between refreshes of a job's score in the jobs index
+
+# Every script touches only one job's keys, all sharing the hash tag {job id},
+# so they run atomically on a single Redis and on a cluster alike.
+# KEYS: acc (set), claims (hash digest -> key), pend (hash key -> blob), meta (hash)
+# ARGV: key, blob, now, job_key, digests... Returns {1 if the job is new, taken digests}.
+_BEGIN = """
+local taken = {}
+for i = 5, #ARGV do
+  local d = ARGV[i]
+  if redis.call('SISMEMBER', KEYS[1], d) == 1 then
+    taken[#taken + 1] = d
+  else
+    local owner = redis.call('HGET', KEYS[2], d)
+    if owner and owner ~= ARGV[1] then taken[#taken + 1] = d end
+  end
+end
+redis.call('HSETNX', KEYS[4], 'job_key', ARGV[4])
+local fresh = redis.call('HSETNX', KEYS[4], 'created', ARGV[3])
+redis.call('HSET', KEYS[4], 'updated', ARGV[3])
+if #taken == 0 and redis.call('HSETNX', KEYS[3], ARGV[1], ARGV[2]) == 1 then
+  for i = 5, #ARGV do redis.call('HSET', KEYS[2], ARGV[i], ARGV[1]) end
+end
+return {fresh, taken}
+"""
+
+# ARGV: key, now, job_key, successor key ('' for none), successor blob, accepted digests...
+# Returns 1 if the job is new.
+_FINISH = """
+for i = 6, #ARGV, 1000 do
+  redis.call('SADD', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+redis.call('HSETNX', KEYS[4], 'job_key', ARGV[3])
+local fresh = redis.call('HSETNX', KEYS[4], 'created', ARGV[2])
+redis.call('HSET', KEYS[4], 'updated', ARGV[2])
+local blob = redis.call('HGET', KEYS[3], ARGV[1])
+if not blob then return fresh end
+for i = 17, #blob, 8 do
+  local d = string.sub(blob, i, i + 7)
+  if redis.call('HGET', KEYS[2], d) == ARGV[1] then redis.call('HDEL', KEYS[2], d) end
+end
+redis.call('HDEL', KEYS[3], ARGV[1])
+if ARGV[4] ~= '' and redis.call('HSETNX', KEYS[3], ARGV[4], ARGV[5]) == 1 then
+  local sblob = ARGV[5]
+  for i = 17, #sblob, 8 do redis.call('HSET', KEYS[2], string.sub(sblob, i, i + 7), ARGV[4]) end
+end
+return fresh
+"""
+
+# ARGV: cutoff. Deletes the job only if it is still old (a worker may have just written).
+_PRUNE = """
+local updated = redis.call('HGET', KEYS[4], 'updated')
+if not updated or tonumber(updated) > tonumber(ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+return 1
+"""
+
+
+def _pack(intent: Intent, now: float) -> bytes:
+    members = struct.pack(f">{len(intent.digests)}Q", *intent.digests)
+    return _HEAD.pack(intent.attempt, now) + members
+
+
+def _unpack(key: bytes, blob: bytes) -> Intent:
+    attempt, created = _HEAD.unpack_from(blob)
+    count = (len(blob) - _HEAD.size) // 8
+    digests = struct.unpack_from(f">{count}Q", blob, _HEAD.size)
+    return Intent(key.decode(), digests, attempt, created)
+
+
+def _raw(digests: Sequence[int]) -> list[bytes]:
+    return [digest.to_bytes(8, "big") for digest in digests]
+
+
+class RedisLedger:
+    """A :class:`~sendmux_dispatch.ledger.Ledger` in Redis, shared by every worker of a job.
+
+    ``url_or_client`` is a ``redis://`` / ``rediss://`` / ``unix://`` URL or
+    a ``redis.Redis`` client (needs the ``redis`` extra and Redis 6.2 or
+    later). ``begin`` and ``finish`` are Lua scripts, so claiming a batch's
+    members and recording its answer are each one atomic step even with many
+    workers on one job.
+
+    Keys, per job (``jid`` = blake2b-128 of the job key, so any job key makes
+    a safe name)::
+
+        {prefix}:{jid}:acc     set of 8-byte digests the server accepted
+        {prefix}:{jid}:claims  hash digest -> the pending batch's key
+        {prefix}:{jid}:pend    hash key -> attempt, created, members
+        {prefix}:{jid}:meta    hash job_key, created, updated
+        {prefix}:jobs          sorted set of jids by last update (listing, prune)
+
+    A job's keys share the hash tag ``{jid}``, so a cluster keeps them on one
+    node. Redis holds about 60 bytes per accepted recipient (a million-recipient
+    job ≈ 60 MB): prune finished jobs. Durability is the server's: with
+    ``appendonly yes`` and ``appendfsync everysec`` a Redis crash loses at
+    most a second of writes; with snapshots alone, minutes.
+
+    A Redis that cannot be reached is retried for ``unavailable_after``
+    seconds (each attempt bounded by ``socket_timeout``), then
+    :class:`~sendmux_dispatch.errors.LedgerUnavailableError`. A client you
+    pass keeps its own timeouts: give it a ``socket_timeout``, or a network
+    partition can hold one call past ``unavailable_after``.
+    """
+
+    def __init__(
+        self,
+        url_or_client: str | redis.Redis,
+        *,
+        prefix: str = "sendmux:ledger",
+        unavailable_after: float = DEFAULT_UNAVAILABLE_AFTER,
+        socket_timeout: float = 5.0,
+    ) -> None:
+        if not prefix or any(c.isspace() for c in prefix) or "{" in prefix or "}" in prefix:
+            raise ValueError("prefix must be a non-empty string without whitespace or braces")
+        import redis as redis_lib  # optional dependency: the [redis] extra
+
+        self.prefix = prefix
+        self._owns_client = isinstance(url_or_client, str)
+        if isinstance(url_or_client, str):
+            # The URL is never kept or shown: it may carry a password.
+            self._client: redis.Redis = redis_lib.Redis.from_url(
+                url_or_client, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
+            )
+        else:
+            self._client = url_or_client
+        kwargs = self._client.connection_pool.connection_kwargs
+        if "path" in kwargs:
+            self.location = f"unix:{kwargs['path']}"
+        else:
+            self.location = f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+            self.location += f"/{kwargs.get('db', 0)}"
+        errors = redis_lib.exceptions
+        self._retry = Retrier(
+            backend="redis",
+            location=self.location,
+            deadline=unavailable_after,
+            transient=(
+                errors.ConnectionError,
+                errors.TimeoutError,
+                errors.ReadOnlyError,
+                errors.ResponseError,
+            ),
+            # Of the server's error replies only these pass: a replica that
+            # has not taken over yet, a server still loading, a failing disk.
+            is_transient=lambda exc: (
+                not isinstance(exc, errors.ResponseError)
+                or isinstance(exc, errors.ReadOnlyError)
+                or str(exc).startswith(("MISCONF", "LOADING", "TRYAGAIN", "CLUSTERDOWN"))
+            ),
+        )
+        self._indexed: dict[str, float] = {}
+        self._begin = self._client.register_script(_BEGIN)
+        self._finish = self._client.register_script(_FINISH)
+        self._prune = self._client.register_script(_PRUNE)
+
+    def __repr__(self) -> str:
+        return f"RedisLedger({self.location!r}, prefix={self.prefix!r})"
+
+    # ------------------------------------------------------------ names
+
+    def _jid(self, job_key: str) -> str:
+        return hashlib.blake2b(job_key.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+    def _keys(self, jid: str) -> list[str]:
+        base = f"{self.prefix}:{{{jid}}}"
+        return [f"{base}:acc", f"{base}:claims", f"{base}:pend", f"{base}:meta"]
+
+    @property
+    def _index(self) -> str:
+        return f"{self.prefix}:jobs"
+
+    def _run(self, what: str, operation: Callable[[], _T]) -> _T:
+        return self._retry(operation, what)
+
+    # ------------------------------------------------------------ protocol
+
+    def accepted_among(self, job_key: str, digests: Sequence[int]) -> set[int]:
+        _check_job_key(job_key)
+        if not digests:
+            return set()
+        _check_digests(digests)
+        acc = self._keys(self._jid(job_key))[0]
+
+        def query() -> set[int]:
+            flags: list[int] = self._client.smismember(acc, _raw(digests))  # type: ignore[assignment]
+            return {digest for digest, flag in zip(digests, flags, strict=True) if flag}
+
+        return self._run("read accepted recipients", query)
+
+    def pending(self, job_key: str) -> list[Intent]:
+        _check_job_key(job_key)
+        pend = self._keys(self._jid(job_key))[2]
+
+        def query() -> list[Intent]:
+            found: dict[bytes, bytes] = self._client.hgetall(pend)  # type: ignore[assignment]
+            intents = [_unpack(key, blob) for key, blob in found.items()]
+            return sorted(intents, key=lambda intent: (intent.created, intent.key))
+
+        return self._run("read pending batches", query)
+
+    def _touch(self, jid: str, now: float, fresh: object) -> None:
+        # Outside the scripts on purpose: the index spans jobs (another hash
+        # slot on a cluster) and only serves listing and pruning. Refreshed at
+        # most every few seconds per job, saving a round trip per call: a
+        # score older than the truth only makes a job a prune *candidate*
+        # early, and the prune script re-checks the job's own `updated`.
+        # A job the script just created (first write, or first since a prune)
+        # is always indexed.
+        if fresh or now - self._indexed.get(jid, 0.0) >= _INDEX_EVERY:
+            self._client.zadd(self._index, {jid: now})
+            self._indexed[jid] = now
+
+    def begin(self, job_key: str, intent: Intent) -> set[int]:
+        _check_job_key(job_key)
+        jid = self._jid(job_key)
+        keys = self._keys(jid)
+
+        def write() -> set[int]:
+            now = time.time()
+            args: list[Any] = [intent.key, _pack(intent, now), now, job_key]
+            fresh, taken = self._begin(keys=keys, args=[*args, *_raw(intent.digests)])
+            self._touch(jid, now, fresh)
+            return {int.from_bytes(raw, "big") for raw in taken}
+
+        return self._run("record a pending batch", write)
+
+    def finish(
+        self,
+        job_key: str,
+        key: str,
+        accepted: Sequence[int],
+        successor: Intent | None = None,
+    ) -> None:
+        _check_job_key(job_key)
+        _check_digests(accepted)
+        jid = self._jid(job_key)
+        keys = self._keys(jid)
+
+        def write() -> None:
+            now = time.time()
+            args: list[Any] = [
+                key,
+                now,
+                job_key,
+                "" if successor is None else successor.key,
+                b"" if successor is None else _pack(successor, now),
+                *_raw(accepted),
+            ]
+            fresh = self._finish(keys=keys, args=args)
+            self._touch(jid, now, fresh)
+
+        self._run("record a batch result", write)
+
+    def _stats_of(self, jid: str) -> JobStats | None:
+        acc, claims, pend, meta = self._keys(jid)
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hgetall(meta)
+        pipe.scard(acc)
+        pipe.hlen(claims)
+        pipe.hvals(pend)
+        info, accepted, members, blobs = pipe.execute()
+        if not info:
+            return None
+        created = [_HEAD.unpack_from(blob)[1] for blob in blobs]
+        return JobStats(
+            job_key=info[b"job_key"].decode("utf-8", "surrogatepass"),
+            accepted=int(accepted),
+            pending=len(blobs),
+            pending_members=int(members),
+            created=float(info.get(b"created", 0.0)),
+            updated=float(info.get(b"updated", 0.0)),
+            oldest_pending=min(created) if created else None,
+        )
+
+    def stats(self, job_key: str) -> JobStats | None:
+        _check_job_key(job_key)
+        jid = self._jid(job_key)
+        return self._run("read a job's totals", lambda: self._stats_of(jid))
+
+    def jobs(self) -> list[JobStats]:
+        def query() -> list[JobStats]:
+            jids: list[bytes] = self._client.zrevrange(self._index, 0, -1)  # type: ignore[assignment]
+            found = [self._stats_of(jid.decode()) for jid in jids]
+            return [stats for stats in found if stats is not None]
+
+        return self._run("list jobs", query)
+
+    def prune(self, older_than: float | timedelta, *, job_key: str | None = None) -> int:
+        cutoff = time.time() - seconds(older_than)
+        if job_key is not None:
+            _check_job_key(job_key)
+
+        def write() -> int:
+            if job_key is not None:
+                candidates = [self._jid(job_key)]
+            else:
+                raw: list[bytes] = self._client.zrangebyscore(self._index, "-inf", cutoff)  # type: ignore[assignment]
+                candidates = [jid.decode() for jid in raw]
+            removed = 0
+            for jid in candidates:
+                if self._prune(keys=self._keys(jid), args=[cutoff]):
+                    removed += 1
+                    self._client.zrem(self._index, jid)
+                elif not self._client.exists(self._keys(jid)[3]):
+                    self._client.zrem(self._index, jid)  # an index entry left by a crash
+            return removed
+
+        return self._run("prune old jobs", write)
+
+    def close(self) -> None:
+        if self._owns_client:
+            self._client.close()
+
+    def __enter__(self) -> RedisLedger:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
