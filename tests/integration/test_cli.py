@@ -286,14 +286,14 @@ def test_a_persons_mistake_is_one_line_and_exit_2(
 
 def test_a_wrong_key_prints_one_line_not_one_per_recipient(tmp_path: Path, sandbox: Any) -> None:
     path = write(tmp_path / "list.csv", "email,name\n" + rows(250))
-    result = run(tmp_path, sandbox, path, api_key="smx_mbx_wrong_key_000000000000")
+    result = run(tmp_path, sandbox, path, api_key="smx_mbx_zz9qx00000000000000000")
     assert result.returncode == 4
     # Before: 100 identical lines. The report keeps 100 failures and counts the rest.
     failure_lines = [line for line in result.stdout.splitlines() if line.startswith("  ")]
     assert [line for line in failure_lines if "not valid" in line] == [failure_lines[0]]
     assert re.match(r"  100 recipients \(#\d+ t\d+@example\.com, \.\.\.\)", failure_lines[0])
     assert failure_lines[1:] == ["  ... and 150 more failures (see --results)"]
-    assert "wrong_key" not in result.stdout + result.stderr
+    assert "zz9qx" not in result.stdout + result.stderr
     assert "to resume" in result.stderr
     assert deliveries(sandbox) == 0
 
