@@ -410,11 +410,14 @@ def _send(
                 dedupe=not args.keep_duplicates,
             )
     except KeyboardInterrupt:
-        # A second Ctrl-C: the batches in flight were abandoned, so no report.
+        # A second Ctrl-C (dispatch settles the in-flight batches on the first
+        # one and returns its report): no report to print.
         sys.stderr.write(
-            "\nsendmux-send: interrupted again; batches in flight were abandoned (their "
-            "messages may or may not have been accepted). Resume with the same job key "
-            "(nothing accepted is sent twice):\n  " + _resume_command(argv) + "\n"
+            "\nsendmux-send: interrupted before the batches in flight were settled (their "
+            "messages may or may not have been accepted). Resume with the same command; "
+            "the same --job-key never sends an accepted message twice:\n  "
+            + _resume_command(argv)
+            + "\n"
         )
         return EXIT_INTERRUPTED
     finally:
