@@ -181,7 +181,8 @@ def _results_path(args: argparse.Namespace) -> Path | None:
     results: Path | None = args.results
     if results is None:
         return None
-    if results.resolve() == args.recipients.resolve():
+    same = results.exists() and os.path.samefile(results, args.recipients)
+    if same or results.resolve() == args.recipients.resolve():
         raise _Usage(f"--results {results} is the recipients file; writing it would erase the list")
     if results.is_dir():
         raise _Usage(f"--results {results} is a directory")
