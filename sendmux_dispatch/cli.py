@@ -446,6 +446,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.concurrency < 1:
             raise _Usage("--concurrency must be at least 1")
+        if args.delimiter is not None:
+            # A shell user types tab as \t or the word; the reader wants the character.
+            args.delimiter = {"\\t": "\t", "tab": "\t"}.get(args.delimiter, args.delimiter)
+            if len(args.delimiter) != 1 or args.delimiter in '\r\n"':
+                raise _Usage(f"--delimiter must be one character, not {args.delimiter!r}")
         template = _template(args.template)
         if not args.recipients.is_file():
             raise _Usage(f"--recipients {args.recipients} is not a file")

@@ -352,6 +352,8 @@ def read_csv(
     The file stays open until the generator is exhausted or closed
     (``reader.close()``), which a ``with contextlib.closing(...)`` makes sure of.
     """
+    if delimiter is not None and (len(delimiter) != 1 or delimiter in '\r\n"'):
+        raise ValueError(f"delimiter must be one character other than a quote, not {delimiter!r}")
     source = Path(path)
     shown = str(source)
     stats = stats if stats is not None else ReadStats()

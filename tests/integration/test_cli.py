@@ -148,6 +148,16 @@ def test_a_semicolon_export_is_sniffed_and_said(tmp_path: Path, sandbox: Any) ->
     assert deliveries(sandbox) == 3
 
 
+def test_a_tab_delimiter_can_be_typed_as_backslash_t(tmp_path: Path, sandbox: Any) -> None:
+    path = write(tmp_path / "list.csv", "email\tname\n" + rows(2).replace(",", "\t"))
+    assert run(tmp_path, sandbox, path, "--delimiter", "\\t").returncode == 0
+    assert deliveries(sandbox) == 2
+    refused = run(tmp_path, sandbox, path, "--delimiter", ";;")
+    assert refused.returncode == 2
+    assert "--delimiter must be one character" in refused.stderr
+    no_traceback(refused)
+
+
 def test_a_bad_byte_names_its_line_before_sending(tmp_path: Path, sandbox: Any) -> None:
     # Before: "position 4514" after 300 messages were accepted, and no summary.
     data = ("email,name\n" + rows(600)).encode().replace(b"T 498\n", b"T 498\xe9\n")
