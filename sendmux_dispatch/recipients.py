@@ -267,12 +267,21 @@ def sniff_delimiter(header_line: str, email_column: str = "email") -> str:
     """
     text = header_line.rstrip("\r\n")
     for candidate in _SNIFFED_DELIMITERS:
-        cells = next(csv.reader([text], delimiter=candidate), [])
+        try:
+            cells = next(csv.reader([text], delimiter=candidate), [])
+        except csv.Error:
+            continue  # the header read proper says what is wrong with the line
         if len(cells) > 1 and email_column in (cell.strip() for cell in cells):
             return candidate
     counts = [(text.count(candidate), candidate) for candidate in _SNIFFED_DELIMITERS]
     best = max(counts, key=lambda pair: pair[0])
     return best[1] if best[0] else ","
+
+
+_BARE_CR = (
+    "a carriage return (\\r) inside the line, outside quotes; the file may use old Mac "
+    "line endings: convert them to \\n, or quote the cell"
+)
 
 
 class _Lines:
@@ -366,7 +375,16 @@ def read_csv(
             delimiter = sniff_delimiter(header_line, email_column)
             stats.sniffed = True
         stats.delimiter = delimiter
-        header = next(csv.reader([header_line], delimiter=delimiter, strict=True), [])
+        try:
+            header = next(csv.reader([header_line], delimiter=delimiter, strict=True), [])
+        except csv.Error as exc:
+            cr = "new-line character seen" in str(exc)
+            raise InputError(
+                f"line {lines.number}: the header row cannot be read: "
+                + (_BARE_CR if cr else str(exc)),
+                path=shown,
+                line=lines.number,
+            ) from None
         _check_header(header, lines.number, email_column, delimiter, shown, stats.sniffed)
         stats.header_lines = 1
         width = len(header)
@@ -392,6 +410,14 @@ def read_csv(
                         f"field runs on to line {last}, {to}); nothing after line {first - 1} "
                         f'can be trusted: close the quote, or double it ("") inside a '
                         f"quoted field",
+                        path=shown,
+                        line=first,
+                    ) from None
+                if "new-line character seen" in str(exc):
+                    # A bare CR splits a record where line reading does not:
+                    # old Mac line endings, or a stray CR inside a cell.
+                    raise InputError(
+                        f"line {first}: {_BARE_CR}",
                         path=shown,
                         line=first,
                     ) from None

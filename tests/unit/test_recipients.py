@@ -303,6 +303,13 @@ def test_a_bad_byte_names_its_line_not_a_buffer_offset(tmp_path: Path) -> None:
         list(read_jsonl(jsonl))
 
 
+def test_old_mac_line_endings_stop_instead_of_losing_the_rest(tmp_path: Path) -> None:
+    path = write(tmp_path / "r.csv", "email,name\rann@example.com,Ann\rbob@example.com,Bob\r")
+    with pytest.raises(InputError, match="carriage return") as caught:
+        list(read_csv(path))
+    assert caught.value.line == 1
+
+
 def test_csv_columns_named_like_reserved_keys_stay_template_variables(tmp_path: Path) -> None:
     # Before: 'attachments' made every row invalid and 'position' vanished.
     path = write(
