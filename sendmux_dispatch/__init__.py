@@ -78,6 +78,7 @@ from sendmux_dispatch.pacing import InProcessPacer, RedisPacer, key_fingerprint
 from sendmux_dispatch.personalize import Personalizer
 from sendmux_dispatch.ratelimit import Pacer, RateLimitState
 from sendmux_dispatch.recipients import (
+    ReadStats,
     Recipient,
     RecipientFailure,
     iter_recipients,
@@ -135,6 +136,7 @@ __all__ = [
     "Progress",
     "RateLimitError",
     "RateLimitState",
+    "ReadStats",
     "Recipient",
     "RecipientFailure",
     "RedisLedger",

@@ -167,12 +167,17 @@ class DispatchReport:
 
 
 class ResultWriter:
-    """Streams one JSON line per recipient outcome to a file (thread-safe)."""
+    """Streams one JSON line per recipient outcome to a file (thread-safe).
+
+    Each line reaches the operating system as it is written (line-buffered),
+    so a process killed mid-job (``kill -9``) leaves a file of whole lines
+    holding every answer it had received, not the last buffer's worth.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._file: IO[str] = self.path.open("w", encoding="utf-8")
+        self._file: IO[str] = self.path.open("w", encoding="utf-8", buffering=1)
 
     def write(
         self,

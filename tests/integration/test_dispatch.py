@@ -179,11 +179,11 @@ def cli_deliveries(sandbox: Any) -> int:
     )
 
 
-def test_cli_sends_reports_and_exits_1_when_a_recipient_failed(
+def test_cli_sends_reports_and_exits_3_when_a_recipient_failed(
     tmp_path: Path, sandbox: Any
 ) -> None:
     result = run_cli(tmp_path, sandbox, sandbox.api_key, "--results", str(tmp_path / "r.jsonl"))
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 3, result.stderr
     assert "141 recipients, 140 queued, 0 failed, 1 invalid" in result.stdout
     assert "#140 nope: invalid_email" in result.stdout
     assert re.search(r"\] 100\.0% 141 recipients in [\d.]+ s$", result.stderr.rstrip())
@@ -194,7 +194,7 @@ def test_cli_sends_reports_and_exits_1_when_a_recipient_failed(
 def test_cli_stops_on_a_bad_key_without_showing_it(tmp_path: Path, sandbox: Any) -> None:
     secret = "smx_mbx_not_a_real_key_123456789"
     result = run_cli(tmp_path, sandbox, secret)
-    assert result.returncode == 1
+    assert result.returncode == 4
     assert "stopped early: AuthenticationError" in result.stdout
     assert "140 not sent" in result.stdout
     assert secret not in result.stdout + result.stderr

@@ -11,13 +11,14 @@ import pytest
 
 from sendmux_dispatch import (
     Attachment,
+    InputError,
     Recipient,
     RecipientFailure,
     iter_recipients,
     read_csv,
     read_jsonl,
 )
-from sendmux_dispatch.recipients import normalize_email
+from sendmux_dispatch.recipients import ReadStats, normalize_email
 
 
 def test_address_strings_become_recipients_with_positions() -> None:
@@ -178,11 +179,160 @@ def test_read_csv_reports_bad_rows_by_position_and_line(tmp_path: Path) -> None:
     assert items[4] == Recipient("cid@example.com", "Cid", position=4)
 
 
-def test_read_csv_without_the_email_column_fails_every_row(tmp_path: Path) -> None:
-    path = write(tmp_path / "r.csv", "mail,name\nann@example.com,Ann\nbob@example.com,Bob\n")
+def test_read_csv_without_the_email_column_is_one_error_listing_the_columns(
+    tmp_path: Path,
+) -> None:
+    # Before: one missing_email failure per row (100,000 rows, 100,000 lines).
+    path = write(tmp_path / "r.csv", "Email,Name\nann@example.com,Ann\nbob@example.com,Bob\n")
+    reader = read_csv(path)
+    with pytest.raises(InputError) as caught:
+        next(reader)
+    assert caught.value.line == 1
+    assert "'Email', 'Name'" in str(caught.value)
+    assert "--email-column 'Email'" in str(caught.value)
+
+
+def test_read_csv_sniffs_a_semicolon_export_and_takes_a_given_delimiter(tmp_path: Path) -> None:
+    path = write(tmp_path / "r.csv", "email;name\nann@example.com;Ann Lee\n")
+    stats = ReadStats()
+    assert list(read_csv(path, stats=stats)) == [Recipient("ann@example.com", "Ann Lee")]
+    assert (stats.delimiter, stats.sniffed) == (";", True)
+    with pytest.raises(InputError, match="another --delimiter"):
+        list(read_csv(path, delimiter=","))
+    tabs = write(tmp_path / "t.csv", "name\tmail\nAnn\tann@example.com\n")
+    [item] = read_csv(tabs, email_column="mail", delimiter="\t")
+    assert item == Recipient("ann@example.com", "Ann")
+
+
+def test_read_csv_refuses_a_repeated_header_name(tmp_path: Path) -> None:
+    # Before: the last 'email' column silently won.
+    path = write(tmp_path / "r.csv", "email,name,email\nann@example.com,Ann,bob@example.com\n")
+    with pytest.raises(InputError, match="'email' more than once") as caught:
+        list(read_csv(path))
+    assert caught.value.line == 1
+
+
+@pytest.mark.parametrize("text", ["", "\n\n"])
+def test_an_empty_file_is_an_input_error(tmp_path: Path, text: str) -> None:
+    with pytest.raises(InputError, match="empty"):
+        list(read_csv(write(tmp_path / "r.csv", text)))
+    with pytest.raises(InputError, match="empty"):
+        list(read_jsonl(write(tmp_path / "r.jsonl", text)))
+
+
+def test_a_short_row_is_malformed_not_sent_with_none(tmp_path: Path) -> None:
+    # Before: the missing cell became the text "None" in the message.
+    path = write(
+        tmp_path / "r.csv", "email,name,plan\nann@example.com,Ann\nbob@example.com,B,pro\n"
+    )
+    short, bob = read_csv(path)
+    assert isinstance(short, RecipientFailure)
+    assert (short.position, short.email, short.code) == (0, "ann@example.com", "malformed_row")
+    assert short.reason.startswith("line 2: 2 cells where the header has 3")
+    assert bob == Recipient("bob@example.com", "B", {"plan": "pro"}, position=1)
+
+
+def test_an_unterminated_quote_names_its_line_and_stops(tmp_path: Path) -> None:
+    # Before: row 11's quote swallowed the 989 rows after it into one field.
+    rows = [f"u{i}@example.com,U {i}" for i in range(1000)]
+    rows[10] = 'u10@example.com,"U 10'
+    path = write(tmp_path / "r.csv", "email,name\n" + "\n".join(rows) + "\n")
+    stats = ReadStats()
+    reader = read_csv(path, stats=stats)
+    got = [next(reader) for _ in range(10)]
+    assert all(isinstance(item, Recipient) for item in got)
+    with pytest.raises(InputError, match="unterminated quote from line 12") as caught:
+        next(reader)
+    assert caught.value.line == 12
+    assert (stats.header_lines, stats.records, stats.record_lines) == (1, 10, 10)
+
+
+def test_a_quote_closed_by_misquoted_text_lines_later_is_unterminated(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "r.csv",
+        'email,name\nann@example.com,"Ann\nbob@example.com,Bob\ncid@example.com,"Lee, Cid"\n',
+    )
+    with pytest.raises(InputError, match="unterminated quote from line 2") as caught:
+        list(read_csv(path))
+    assert caught.value.line == 2
+
+
+def test_a_quoted_field_past_the_field_limit_across_lines_stops(tmp_path: Path) -> None:
+    # Before: the reader lost its place and later rows merged into garbage addresses.
+    body = ("y" * 1000 + "\n") * 200
+    path = write(
+        tmp_path / "r.csv",
+        f'email,name,notes\nann@example.com,Ann,a\nbob@example.com,Bob,"{body}\n'
+        "cid@example.com,Cid,c\n",
+    )
+    with pytest.raises(InputError, match="from line 3") as caught:
+        list(read_csv(path))
+    assert caught.value.line == 3
+
+
+def test_an_oversized_cell_on_one_line_names_that_line_and_its_email(tmp_path: Path) -> None:
+    # Before: "line 4" for line 5, and the email shown as None.
+    big = "x" * 200_000
+    path = write(
+        tmp_path / "r.csv",
+        "email,name,notes\n"
+        + "".join(f"u{i}@example.com,U,n\n" for i in range(3))
+        + f"big@example.com,Big,{big}\nlast@example.com,Last,n\n",
+    )
     items = list(read_csv(path))
-    assert all(isinstance(i, RecipientFailure) and i.code == "missing_email" for i in items)
-    assert [i.position for i in items] == [0, 1]
+    failure = items[3]
+    assert isinstance(failure, RecipientFailure)
+    assert (failure.email, failure.code) == ("big@example.com", "too_large")
+    assert failure.reason.startswith("line 5: the 'notes' cell")
+    assert items[4] == Recipient("last@example.com", "Last", {"notes": "n"}, position=4)
+
+
+def test_a_bad_byte_names_its_line_not_a_buffer_offset(tmp_path: Path) -> None:
+    # Before: "position 4514" (an offset in a read buffer).
+    rows = "".join(f"u{i}@example.com,User {i}\n" for i in range(600))
+    data = ("email,name\n" + rows).encode()
+    data = data.replace(b"User 498\n", b"User 498\xe9\n")
+    path = tmp_path / "r.csv"
+    path.write_bytes(data)
+    with pytest.raises(InputError, match=r"line 500: byte b'\\xe9'") as caught:
+        list(read_csv(path))
+    assert caught.value.line == 500
+    jsonl = tmp_path / "r.jsonl"
+    jsonl.write_bytes(b'{"email": "a@example.com"}\n{"email": "b@example.com", "name": "\xff"}\n')
+    with pytest.raises(InputError, match="line 2:"):
+        list(read_jsonl(jsonl))
+
+
+def test_old_mac_line_endings_stop_instead_of_losing_the_rest(tmp_path: Path) -> None:
+    path = write(tmp_path / "r.csv", "email,name\rann@example.com,Ann\rbob@example.com,Bob\r")
+    with pytest.raises(InputError, match="carriage return") as caught:
+        list(read_csv(path))
+    assert caught.value.line == 1
+
+
+def test_csv_columns_named_like_reserved_keys_stay_template_variables(tmp_path: Path) -> None:
+    # Before: 'attachments' made every row invalid and 'position' vanished.
+    path = write(
+        tmp_path / "r.csv", "email,attachments,position,variables\nann@example.com,,CTO,x\n"
+    )
+    [item] = read_csv(path)
+    assert isinstance(item, Recipient)
+    assert dict(item.variables) == {"attachments": "", "position": "CTO", "variables": "x"}
+    assert item.attachments == ()
+
+
+def test_read_stats_account_for_every_physical_line(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "r.csv",
+        '\nemail,name\nann@example.com,Ann\n\n"bob@example.com",Bob,x\n'
+        'cid@example.com,"Cid\nLee"\ndan@example.com,Dan\n',
+    )
+    stats = ReadStats()
+    items = list(read_csv(path, stats=stats))
+    assert len(items) == stats.records == 4
+    assert stats.lines == 8
+    assert stats.lines == stats.header_lines + stats.record_lines + stats.blank_lines
+    assert (stats.blank_lines, stats.multiline_records) == (2, 1)
 
 
 def test_read_csv_reads_lazily(tmp_path: Path) -> None:
