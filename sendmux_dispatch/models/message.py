@@ -12,11 +12,14 @@ from __future__ import annotations
 import base64
 import html
 import mimetypes
+import re
 from collections.abc import Mapping
-from email.utils import parseaddr
+from email import _header_value_parser as _parser
+from email.errors import HeaderParseError
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -26,12 +29,13 @@ from pydantic import (
     model_validator,
 )
 from pydantic import ValidationError as PydanticValidationError
+from pydantic_core import PydanticCustomError
 
 from sendmux_dispatch.errors import FieldIssue, InvalidMessageError
 from sendmux_dispatch.models import limits
 from sendmux_dispatch.models._issues import issues_from_pydantic
 
-__all__ = ["Address", "Attachment", "BatchRequest", "EmailMessage"]
+__all__ = ["Address", "AddressError", "Attachment", "BatchRequest", "EmailMessage", "parse_address"]
 
 EmailAddress = Annotated[
     str, StringConstraints(max_length=limits.MAX_ADDRESS_CHARS, pattern=limits.EMAIL_PATTERN)
@@ -83,7 +87,19 @@ class Address(_RequestModel):
     @classmethod
     def _from_string(cls, data: Any) -> Any:
         if isinstance(data, str):
-            return parse_address(data)
+            try:
+                return parse_address(data)
+            except AddressError as exc:
+                raise PydanticCustomError(exc.code, exc.message) from None
+        if isinstance(data, dict):
+            email = data.get("email")
+            if isinstance(email, str) and not email.isascii():
+                # A dict's address is an addr-spec: only its domain is
+                # converted (to IDNA); anything else is the pattern's to refuse.
+                try:
+                    return {**data, "email": _ascii_domain(email)}
+                except AddressError:
+                    return data
         return data
 
     def __str__(self) -> str:
@@ -91,14 +107,182 @@ class Address(_RequestModel):
 
 
 def parse_address(text: str) -> dict[str, str]:
-    """Split ``"Name <email>"`` into the wire shape; a bare address stays as it is."""
-    if "<" not in text:
-        return {"email": text.strip()}
-    name, email = parseaddr(text)
-    if not email:
-        # Let the email pattern report the original text as invalid.
-        return {"email": text}
+    """One address from a string, in the wire shape: ``{"email": ..., "name": ...}``.
+
+    Accepts exactly one mailbox: a bare addr-spec (``ann@example.com``) or a
+    display name and one angle address (``Ann Lee <ann@example.com>``,
+    ``"Lee, Ann" <ann@example.com>``), with nothing left over. Refuses, with
+    a :class:`ValueError` that names the problem, anything a reader could take
+    for another address or for more than one: lists, groups, text after the
+    address, a second ``<...>``, an unquoted ``@`` in the name, two ``@`` in
+    the address, a CR or LF anywhere. An international domain is sent in its
+    IDNA form (``ann@bücher.de`` → ``ann@xn--bcher-kva.de``). Whether the
+    addr-spec itself is valid is left to the ``email`` field's pattern, so a
+    string and a dict get the same error for the same address.
+    """
+    if _BARE_ADDRESS.fullmatch(text):
+        return {"email": text}  # the common case, without the parser
+    if "\r" in text or "\n" in text:
+        raise AddressError(
+            "line_break",
+            f"{_shown(text)} contains a line break (CR or LF), which would start a new mail "
+            "header; give one address on one line",
+        )
+    stripped = text.strip()
+    if "<" not in stripped and ">" not in stripped:
+        return {"email": _bare(stripped, text)}
+    return _name_addr(stripped, text)
+
+
+class AddressError(ValueError):
+    """A string that is not exactly one address.
+
+    ``problem`` says what is wrong (``address_list``, ``address_group``,
+    ``two_addresses``, ``trailing_text``, ``two_at_signs``, ``line_break``,
+    ``international_address``, ``invalid_address``); ``code`` is the
+    :class:`~sendmux_dispatch.errors.FieldIssue` code it is reported under:
+    ``line_break`` for a CR or LF, as for every other field, else
+    ``invalid_email``, as for an address the pattern refuses.
+    """
+
+    def __init__(self, problem: str, message: str) -> None:
+        super().__init__(message)
+        self.problem = problem
+        self.code = "line_break" if problem == "line_break" else "invalid_email"
+        self.message = message
+
+
+_BARE_ADDRESS = re.compile(limits.EMAIL_PATTERN)
+_QUOTE_HINT = "if it is a name, put it in double quotes"
+
+
+def _shown(text: str) -> str:
+    shown = repr(text)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
+
+
+def _bare(address: str, text: str) -> str:
+    """A string without angle brackets: one addr-spec, or refused with the reason."""
+    if ":" in address:
+        raise AddressError(
+            "address_group",
+            f"{_shown(text)} looks like a group ('name: addresses;'); give exactly one address",
+        )
+    if "," in address or ";" in address:
+        raise AddressError(
+            "address_list",
+            f"{_shown(text)} looks like a list of addresses; give exactly one address "
+            "(more recipients go in cc or bcc, or on rows of their own)",
+        )
+    if address.count("@") > 1:
+        raise AddressError(
+            "two_at_signs",
+            f"{_shown(text)} has {address.count('@')} '@' signs; an address has exactly one",
+        )
+    # Without an '@' it is no address at all, and the pattern says so, as for a dict.
+    if "@" in address and (any(char.isspace() for char in address) or "(" in address):
+        raise AddressError(
+            "trailing_text",
+            f"{_shown(text)} has more than an address in it; write a name as "
+            "'Name <name@example.com>'",
+        )
+    return _ascii_domain(address)
+
+
+def _name_addr(stripped: str, text: str) -> dict[str, str]:
+    """``Name <addr-spec>``: read by the stdlib's RFC 5322 parser, then checked whole."""
+    inner = stripped[stripped.rfind("<") + 1 :].rstrip(">").strip()
+    if inner.count("@") > 1:
+        raise AddressError(
+            "two_at_signs",
+            f"{_shown(text)} has {inner.count('@')} '@' signs inside <...>; "
+            "an address has exactly one",
+        )
+    try:
+        mailbox, rest = _parser.get_mailbox(stripped)
+        defects = [str(defect) for defect in mailbox.all_defects]
+        first = str(mailbox).strip()
+        addr_spec = mailbox.addr_spec if mailbox.domain is not None else mailbox.local_part
+        name = mailbox.display_name
+    except (HeaderParseError, IndexError, AttributeError, TypeError):
+        # The parser is the stdlib's private one: besides its own error, a
+        # few odd inputs ('. <a@b.com>') trip it inside a property.
+        raise AddressError(
+            "invalid_address", f"{_shown(text)} is not an address like 'Name <name@example.com>'"
+        ) from None
+    rest = rest.strip()
+    if rest:
+        raise _leftover(text, first, rest)
+    for why in defects:
+        if "trailing '>'" in why:
+            raise AddressError("invalid_address", f"{_shown(text)} has no closing '>'")
+        if "quoted string" in why:
+            raise AddressError("invalid_address", f"{_shown(text)} has an unclosed '\"'")
+        if "route" in why:
+            raise AddressError(
+                "invalid_address",
+                f"{_shown(text)} has a source route ('<@host:...>'); give the address alone",
+            )
+    if addr_spec is None or addr_spec == "<>":
+        addr_spec = ""
+    # Belt and braces: the address sent must be the one a reader sees between
+    # the brackets at the end, written out, not one the parser assembled from
+    # comments or obsolete syntax.
+    if not stripped.endswith(">") or inner != addr_spec:
+        raise AddressError(
+            "trailing_text",
+            f"{_shown(text)} is not one address: expected 'Name <name@example.com>' with "
+            "nothing after the '>'",
+        )
+    email = _ascii_domain(addr_spec)
     return {"email": email, "name": name} if name else {"email": email}
+
+
+def _leftover(text: str, first: str, rest: str) -> AddressError:
+    if rest[0] in ",;":
+        return AddressError(
+            "address_list",
+            f"{_shown(text)} is a list of addresses; give exactly one address "
+            "(more recipients go in cc or bcc, or on rows of their own)",
+        )
+    if rest[0] == ":":
+        return AddressError(
+            "address_group",
+            f"{_shown(text)} looks like a group ('name: addresses;'); give exactly one address",
+        )
+    if rest[0] == "<":
+        return AddressError(
+            "two_addresses",
+            f"{_shown(text)} has an address ({first!r}) before the one in <...>; "
+            f"{_QUOTE_HINT}: '\"{first}\" {rest}'",
+        )
+    return AddressError(
+        "trailing_text", f"{_shown(text)} has text after the address: {_shown(rest)}"
+    )
+
+
+def _ascii_domain(address: str) -> str:
+    """``address`` with an international domain in its IDNA (``xn--``) form."""
+    if address.isascii():
+        return address
+    local, _, domain = address.rpartition("@")
+    if not local or not domain:
+        return address  # not an address at all: the pattern says so
+    if not local.isascii():
+        raise AddressError(
+            "international_address",
+            f"{_shown(address)} has non-ASCII characters before the '@', which Sendmux does "
+            "not accept; use an ASCII address for this mailbox",
+        )
+    try:
+        result = validate_email(address, check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError as exc:
+        raise AddressError(
+            "international_address",
+            f"{_shown(address)} has a domain that is not a valid international domain name "
+            f"({str(exc).rstrip('.')}); check the spelling, or give its IDNA form (xn--...)",
+        ) from None
+    return f"{local}@{result.ascii_domain}"
 
 
 class Attachment(_RequestModel):
