@@ -50,9 +50,11 @@ from sendmux_dispatch.errors import (
     ServiceUnavailableError,
     TransportError,
     ValidationError,
+    scrub_secrets,
 )
 from sendmux_dispatch.models import (
     Address,
+    AddressError,
     Attachment,
     Balance,
     BatchItem,
@@ -90,6 +92,7 @@ __all__ = [
     "DEFAULT_SENDING_URL",
     "APIError",
     "Address",
+    "AddressError",
     "AsyncDispatcher",
     "AsyncSendmuxClient",
     "Attachment",
@@ -158,6 +161,7 @@ __all__ = [
     "plan_batches",
     "read_csv",
     "read_jsonl",
+    "scrub_secrets",
     "wire_message",
     "wire_message_with",
     "wire_messages",
