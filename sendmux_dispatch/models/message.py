@@ -13,11 +13,11 @@ import base64
 import html
 import mimetypes
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from email import _header_value_parser as _parser
 from email.errors import HeaderParseError
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import (
@@ -35,7 +35,15 @@ from sendmux_dispatch.errors import FieldIssue, InvalidMessageError
 from sendmux_dispatch.models import limits
 from sendmux_dispatch.models._issues import issues_from_pydantic
 
-__all__ = ["Address", "AddressError", "Attachment", "BatchRequest", "EmailMessage", "parse_address"]
+__all__ = [
+    "Address",
+    "AddressError",
+    "AddressInput",
+    "Attachment",
+    "BatchRequest",
+    "EmailMessage",
+    "parse_address",
+]
 
 EmailAddress = Annotated[
     str, StringConstraints(max_length=limits.MAX_ADDRESS_CHARS, pattern=limits.EMAIL_PATTERN)
@@ -285,6 +293,11 @@ def _ascii_domain(address: str) -> str:
     return f"{local}@{result.ascii_domain}"
 
 
+#: What an address field accepts: an Address, ``"Name <a@b.com>"`` or
+#: ``"a@b.com"``, or the wire dict ``{"email": ..., "name": ...}``.
+AddressInput = Address | str | Mapping[str, str]
+
+
 class Attachment(_RequestModel):
     """A file: inline base64 ``content`` with a ``filename``, or an uploaded ``attachment_id``.
 
@@ -384,6 +397,29 @@ class EmailMessage(_RequestModel):
     #: the caller turns per-message keys on; the request's Idempotency-Key
     #: header is what protects a batch.
     idempotency_key: IdempotencyKey | None = None
+
+    if TYPE_CHECKING:
+        # What a caller may pass, for type checkers without the pydantic
+        # plugin (mypy's default, pyright): the synthesised signature would
+        # ask for `from` (the alias, not a valid keyword) and an Address
+        # where a string is accepted. Runtime construction is pydantic's.
+        def __init__(
+            self,
+            *,
+            from_: AddressInput,
+            to: AddressInput,
+            subject: str,
+            html_body: str | None = None,
+            text_body: str | None = None,
+            reply_to: AddressInput | None = None,
+            return_path: str | None = None,
+            cc: Sequence[AddressInput] | None = None,
+            bcc: Sequence[AddressInput] | None = None,
+            custom_headers: Mapping[str, str] | None = None,
+            attachments: Sequence[Attachment | Mapping[str, str]] | None = None,
+            delivery_group: str | Sequence[str] | None = None,
+            idempotency_key: str | None = None,
+        ) -> None: ...
 
     @model_validator(mode="wrap")
     @classmethod
