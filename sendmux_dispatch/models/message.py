@@ -26,6 +26,9 @@ from pydantic import (
     Field,
     ModelWrapValidatorHandler,
     StringConstraints,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
     model_validator,
 )
 from pydantic import ValidationError as PydanticValidationError
@@ -98,7 +101,7 @@ class Address(_RequestModel):
             try:
                 return parse_address(data)
             except AddressError as exc:
-                raise PydanticCustomError(exc.code, exc.message) from None
+                raise _custom_error(exc.code, exc.message) from None
         if isinstance(data, dict):
             email = data.get("email")
             if isinstance(email, str) and not email.isascii():
@@ -298,6 +301,17 @@ def _ascii_domain(address: str) -> str:
 AddressInput = Address | str | Mapping[str, str]
 
 
+def _attachment_name(data: Mapping[str, Any]) -> str:
+    filename = data.get("filename")
+    return f"attachment {filename!r}:" if filename else "the attachment's"
+
+
+def _custom_error(code: str, message: str) -> PydanticCustomError:
+    # The message goes in as context: braces in it (a file name, an address)
+    # would otherwise be read as placeholders of the template.
+    return PydanticCustomError(code, "{message}", {"message": message})
+
+
 class Attachment(_RequestModel):
     """A file: inline base64 ``content`` with a ``filename``, or an uploaded ``attachment_id``.
 
@@ -327,6 +341,24 @@ class Attachment(_RequestModel):
         Annotated[str, StringConstraints(pattern=limits.ATTACHMENT_ID_PATTERN)] | None
     ) = None
 
+    @field_validator("content", mode="wrap")
+    @classmethod
+    def _base64(
+        cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+    ) -> Any:
+        try:
+            return handler(value)
+        except PydanticValidationError as exc:
+            if not any(error["type"] == "string_pattern_mismatch" for error in exc.errors()):
+                raise
+        # pydantic would say "String should match pattern '^[A-Za-z0-9+/]*={0,2}$'".
+        raise _custom_error(
+            "invalid_base64",
+            f"{_attachment_name(info.data)} content is not valid base64 (only A-Z, a-z, 0-9, "
+            "+ and /, with = padding at the end); build the attachment with "
+            "Attachment.from_bytes() or Attachment.from_path()",
+        )
+
     @model_validator(mode="after")
     def _one_form(self) -> Attachment:
         if self.attachment_id is not None:
@@ -338,9 +370,11 @@ class Attachment(_RequestModel):
         if self.content is None or self.filename is None:
             raise ValueError("an inline attachment needs both filename and content (base64)")
         if len(self.content) % 4:
-            raise ValueError(
-                "content is not valid base64 (its length is not a multiple of 4); "
-                "build it with Attachment.from_bytes() or Attachment.from_path()"
+            raise _custom_error(
+                "invalid_base64",
+                f"{_attachment_name({'filename': self.filename})} content is not valid base64 "
+                "(its length is not a multiple of 4); build it with Attachment.from_bytes() "
+                "or Attachment.from_path()",
             )
         return self
 
