@@ -228,3 +228,18 @@ def test_dispatch_refuses_each_misleading_recipient_and_sends_the_rest(
     assert report.invalid == 3
     delivered = sorted(message["to"] for message in sandbox.messages())
     assert delivered == ["dee@example.com"]
+
+
+@settings(max_examples=500)
+@given(st.text(alphabet=st.sampled_from(list('ab.@<>," ;:()\\\r\n\t')), max_size=30))
+def test_any_accepted_string_is_its_own_addr_spec_or_ends_with_it_in_brackets(text: str) -> None:
+    try:
+        parsed = parse_address(text)
+    except AddressError:
+        return
+    email = parsed["email"]
+    stripped = text.strip()
+    inner = stripped[stripped.rfind("<") + 1 : -1].strip() if "<" in stripped else None
+    assert email == stripped or (stripped.endswith(">") and inner == email)
+    assert "\r" not in text
+    assert "\n" not in text
