@@ -243,3 +243,12 @@ def test_any_accepted_string_is_its_own_addr_spec_or_ends_with_it_in_brackets(te
     assert email == stripped or (stripped.endswith(">") and inner == email)
     assert "\r" not in text
     assert "\n" not in text
+
+
+def test_an_international_domain_is_delivered_to_its_idna_form(
+    client: SendmuxClient, sandbox: Any
+) -> None:
+    client.send({**BASE, "to": "Ann <ann@bücher.de>"})
+    client.send_batch([{**BASE, "to": {"email": "bo@bücher.de"}}])
+    delivered = sorted(message["to"] for message in sandbox.messages())
+    assert delivered == ["ann@xn--bcher-kva.de", "bo@xn--bcher-kva.de"]

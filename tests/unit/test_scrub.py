@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from sendmux_dispatch import dispatch
-from sendmux_dispatch.client import SendmuxClient
+from sendmux_dispatch.client import AsyncSendmuxClient, SendmuxClient
 from sendmux_dispatch.errors import (
     APIError,
     AuthenticationError,
@@ -159,3 +159,22 @@ def test_an_echoing_proxy_puts_no_key_in_a_report(logs: pytest.LogCaptureFixture
     _no_secret(
         stopped.stopped_reason, repr(stopped), repr(refused), *reasons, logs.text, str(refused)
     )
+
+
+async def test_the_async_client_scrubs_the_same(logs: pytest.LogCaptureFixture) -> None:
+    sync_proxy = _proxy(502)
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        return sync_proxy.handle_request(request)
+
+    client = AsyncSendmuxClient(
+        KEY,
+        sending_url="http://127.0.0.1:9/api/v1",
+        transport=httpx.MockTransport(handle),
+        retry=RetryPolicy.none(),
+    )
+    async with client:
+        with pytest.raises(ServerError) as caught:
+            await client.send(MESSAGE)
+    _no_secret(str(caught.value), repr(caught.value), logs.text)
+    assert "[redacted]" in caught.value.message
