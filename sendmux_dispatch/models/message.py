@@ -114,7 +114,14 @@ class Address(_RequestModel):
         return data
 
     def __str__(self) -> str:
-        return f"{self.name} <{self.email}>" if self.name else self.email
+        if not self.name:
+            return self.email
+        name = self.name
+        if _NAME_SPECIALS.search(name):
+            # Quoted, so that the string reads back as this one address
+            # ("Lee, Ann" is a name, Lee, Ann is a list).
+            name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return f"{name} <{self.email}>"
 
 
 def parse_address(text: str) -> dict[str, str]:
@@ -164,6 +171,8 @@ class AddressError(ValueError):
 
 
 _BARE_ADDRESS = re.compile(limits.EMAIL_PATTERN)
+# RFC 5322 specials: a display name holding one must be quoted.
+_NAME_SPECIALS = re.compile(r'[()<>\[\]:;@\\,."]')
 _QUOTE_HINT = "if it is a name, put it in double quotes"
 
 

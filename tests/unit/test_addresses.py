@@ -252,3 +252,11 @@ def test_an_international_domain_is_delivered_to_its_idna_form(
     client.send_batch([{**BASE, "to": {"email": "bo@bücher.de"}}])
     delivered = sorted(message["to"] for message in sandbox.messages())
     assert delivered == ["ann@xn--bcher-kva.de", "bo@xn--bcher-kva.de"]
+
+
+@pytest.mark.parametrize(
+    "name", ["Ann", "Lee, Ann", 'Ann "Q" Lee', "a\\b", "x@y.com", "A. B.", "Ä Ö"]
+)
+def test_an_address_written_out_reads_back_as_itself(name: str) -> None:
+    address = Address(email="ann@example.com", name=name)
+    assert Address.model_validate(str(address)) == address
