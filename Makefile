@@ -25,6 +25,9 @@ lint: install
 
 typecheck: install
 	$(PY) -m mypy
+	# What users see, with no pydantic plugin: mypy --strict and pyright on a user's script.
+	$(PY) -m mypy --config-file tests/typing/mypy.ini tests/typing/user_code.py
+	$(VENV)/bin/basedpyright --pythonpath $(PY) -p tests/typing/pyrightconfig.json
 
 test: lint typecheck
 	$(PY) -m pytest

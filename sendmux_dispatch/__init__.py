@@ -51,10 +51,12 @@ from sendmux_dispatch.errors import (
     ServiceUnavailableError,
     TransportError,
     ValidationError,
+    scrub_secrets,
 )
 from sendmux_dispatch.ledger import Intent, JobStats, Ledger, RedisLedger, SqliteLedger
 from sendmux_dispatch.models import (
     Address,
+    AddressError,
     Attachment,
     Balance,
     BatchItem,
@@ -93,6 +95,7 @@ __all__ = [
     "DEFAULT_SENDING_URL",
     "APIError",
     "Address",
+    "AddressError",
     "AsyncDispatcher",
     "AsyncSendmuxClient",
     "Attachment",
@@ -168,6 +171,7 @@ __all__ = [
     "plan_batches",
     "read_csv",
     "read_jsonl",
+    "scrub_secrets",
     "wire_message",
     "wire_message_with",
     "wire_messages",

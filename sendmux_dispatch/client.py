@@ -46,6 +46,9 @@ from sendmux_dispatch.errors import (
     SendmuxTimeoutError,
     TransportError,
     error_from_response,
+    may_hold_secret,
+    scrub_json,
+    scrub_secrets,
 )
 from sendmux_dispatch.models import (
     Balance,
@@ -321,6 +324,9 @@ class _BaseClient:
         )
         self._etag_lock = threading.Lock()
 
+    def _secrets(self) -> tuple[str, str]:
+        return (self._api_key.get_secret_value(), self._management_api_key.get_secret_value())
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(sending_url={self.sending_url!r}, "
@@ -501,7 +507,7 @@ class _BaseClient:
     def _transport_failure(self, call: _Call, exc: httpx.RequestError) -> TransportError:
         # Only our words and the exception's class and text: the httpx
         # exception itself (and its request, and so the key) stays behind.
-        detail = str(exc) or type(exc).__name__
+        detail = scrub_secrets(str(exc), self._secrets()) or type(exc).__name__
         if isinstance(exc, httpx.TimeoutException):
             return SendmuxTimeoutError(
                 f"{call.label} timed out ({type(exc).__name__}: {detail})", code="timeout"
@@ -526,7 +532,12 @@ class _BaseClient:
             if pacer is not None:
                 pacer.observe(state)
         status = response.status_code
+        secrets = self._secrets()
+        # Everything the server says is scrubbed of the keys before it is
+        # logged or raised: a proxy may echo the Authorization header.
         request_id = response.headers.get("x-request-id")
+        if request_id is not None:
+            request_id = scrub_secrets(request_id, secrets)
         logger.debug("%s -> %s (request_id=%s)", call.label, status, request_id)
         if status == 304 and call.if_none_match is not None:
             return _Reply(status, None, request_id, None, response.headers.get("etag"))
@@ -541,13 +552,19 @@ class _BaseClient:
                     # raises), so other calls must not sleep an hour in the pacer.
                     pause(min(retry_after, self.retry.max_retry_after))
             raise error_from_response(
-                status, response.content, request_id=request_id, retry_after=retry_after
+                status,
+                response.content,
+                request_id=request_id,
+                retry_after=retry_after,
+                secrets=secrets,
             )
         # Any 2xx is success: the product docs say a send answers 201, the
         # OpenAPI spec says 200.
         envelope: Any = None
         with contextlib.suppress(ValueError):
             envelope = json.loads(response.content)
+        if may_hold_secret(response.content, secrets):
+            envelope = scrub_json(envelope, secrets)  # per-message errors reach the report
         if not isinstance(envelope, dict) or "data" not in envelope:
             raise _invalid_response(
                 call, status, "a body that is not a Sendmux envelope", request_id

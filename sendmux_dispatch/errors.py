@@ -26,13 +26,18 @@ sent again; where the server gave none (a proxy's HTML error page, a dropped
 connection) it follows the documented defaults: 429 and 5xx yes, 4xx no.
 
 No error carries the API key: messages come from the server or from this
-package, and request objects are never attached.
+package, and request objects are never attached. What the server (or a proxy
+in front of it) says is scrubbed first (:func:`scrub_secrets`): the client's
+own keys, and anything shaped like a Sendmux key, become ``[redacted]``, so a
+proxy that echoes the ``Authorization`` header cannot put the key into an
+exception, a log line or a report.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,7 +64,53 @@ __all__ = [
     "TransportError",
     "ValidationError",
     "error_from_response",
+    "may_hold_secret",
+    "scrub_json",
+    "scrub_secrets",
 ]
+
+#: What a secret is replaced with in server-provided text.
+REDACTED = "[redacted]"
+# Sendmux keys are smx_mbx_... (send-only, mailbox) and smx_root_...; any
+# smx_ token is taken for one, whatever follows the prefix. Case-blind, and
+# with '-' as well as word characters: a false positive costs a word of a
+# message, a false negative a key.
+_KEY_SHAPE = re.compile(r"smx_[A-Za-z0-9_-]+", re.IGNORECASE)
+_KEY_HINT = re.compile(rb"smx_", re.IGNORECASE)
+
+
+def scrub_secrets(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with each of ``secrets`` and every Sendmux-shaped key replaced by ``[redacted]``.
+
+    For any string that came from a server (an error message, a page, a
+    header) before it is shown, logged or stored.
+    """
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, REDACTED)
+    return _KEY_SHAPE.sub(REDACTED, text)
+
+
+def scrub_json(value: Any, secrets: Iterable[str] = ()) -> Any:
+    """A decoded JSON value with :func:`scrub_secrets` applied to every string in it (keys too)."""
+    secrets = tuple(secrets)
+    if isinstance(value, str):
+        return scrub_secrets(value, secrets)
+    if isinstance(value, list):
+        return [scrub_json(item, secrets) for item in value]
+    if isinstance(value, dict):
+        return {
+            scrub_secrets(str(key), secrets): scrub_json(item, secrets)
+            for key, item in value.items()
+        }
+    return value
+
+
+def may_hold_secret(body: bytes, secrets: Iterable[str] = ()) -> bool:
+    """Whether ``body`` might contain a secret (a cheap test before scrubbing a whole reply)."""
+    return _KEY_HINT.search(body) is not None or any(
+        secret.encode() in body for secret in secrets if secret
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,14 +380,14 @@ def _error_class(status: int, code: str | None) -> type[APIError]:
     return by_status
 
 
-def _issues(raw: object) -> list[FieldIssue]:
+def _issues(raw: object, secrets: tuple[str, ...]) -> list[FieldIssue]:
     if not isinstance(raw, list):
         return []
     return [
         FieldIssue(
-            field=str(item.get("field", "")),
-            code=str(item.get("code", "")),
-            message=str(item.get("message", "")),
+            field=scrub_secrets(str(item.get("field", "")), secrets),
+            code=scrub_secrets(str(item.get("code", "")), secrets),
+            message=scrub_secrets(str(item.get("message", "")), secrets),
         )
         for item in raw
         if isinstance(item, Mapping)
@@ -349,12 +400,21 @@ def error_from_response(
     *,
     request_id: str | None = None,
     retry_after: float | None = None,
+    secrets: Iterable[str] = (),
 ) -> APIError:
     """Map an error response (any status ≥ 400) to the right exception.
 
     Works on the documented envelope and on anything else a proxy might put in
-    front of the API (an HTML 502 page becomes a retryable ``ServerError``).
+    front of the API (an HTML 502 page becomes a retryable ``ServerError``,
+    with the start of the page's text in its message). Every string taken
+    from the response is scrubbed of ``secrets`` (the caller's API keys) and
+    of anything shaped like a Sendmux key.
     """
+    keys = tuple(secret for secret in secrets if secret)
+
+    def clean(value: object) -> str | None:
+        return scrub_secrets(value, keys) if isinstance(value, str) else None
+
     payload: Any = None
     try:
         payload = json.loads(body) if body else None
@@ -364,31 +424,52 @@ def error_from_response(
     meta = payload.get("meta") if isinstance(payload, dict) else None
     if isinstance(meta, dict) and isinstance(meta.get("request_id"), str):
         request_id = meta["request_id"]
+    request_id = clean(request_id)
     if not isinstance(error, dict):
         cls = _error_class(status, None)
         reason = _REASONS.get(status, "error")
+        page = _page_text(body, keys)
         return cls(
-            f"HTTP {status} {reason} without a Sendmux error body",
+            f"HTTP {status} {reason} without a Sendmux error body"
+            + (f" (the page says: {page!r})" if page else ""),
             status=status,
             code=None,
             request_id=request_id,
             retryable=status == 429 or status >= 500,
             retry_after=retry_after,
         )
-    code = error.get("code") if isinstance(error.get("code"), str) else None
+    raw_code = error.get("code") if isinstance(error.get("code"), str) else None
     retryable = error.get("retryable")
-    cls = _error_class(status, code)
+    cls = _error_class(status, raw_code)
     return cls(
-        str(error.get("message") or f"HTTP {status}"),
+        clean(error.get("message")) or f"HTTP {status}",
         status=status,
-        code=code,
-        param=error.get("param") if isinstance(error.get("param"), str) else None,
-        doc_url=error.get("doc_url") if isinstance(error.get("doc_url"), str) else None,
+        code=clean(raw_code),
+        param=clean(error.get("param")),
+        doc_url=clean(error.get("doc_url")),
         retryable=retryable if isinstance(retryable, bool) else None,
         request_id=request_id,
-        errors=_issues(error.get("errors")),
+        errors=_issues(error.get("errors"), keys),
         retry_after=retry_after,
     )
+
+
+_TAG = re.compile(r"<[^>]*>")
+_SPACE = re.compile(r"\s+")
+#: Characters of a non-JSON error page quoted in the error's message.
+PAGE_EXCERPT_CHARS = 200
+
+
+def _page_text(body: bytes, secrets: tuple[str, ...]) -> str:
+    """The start of a non-JSON page's text (tags dropped), scrubbed; "" for none."""
+    if not body:
+        return ""
+    # Scrubbed whole before it is cut, so that no key is cut in half first.
+    text = body.decode("utf-8", errors="replace")
+    text = scrub_secrets(_SPACE.sub(" ", _TAG.sub(" ", text)).strip(), secrets)
+    if len(text) > PAGE_EXCERPT_CHARS:
+        text = text[: PAGE_EXCERPT_CHARS - 3] + "..."
+    return text
 
 
 _REASONS = {

@@ -2,8 +2,10 @@
 
 A template is a message in the API's wire shape without ``to`` (a mapping,
 or a pydantic model whose ``to`` is ignored). Its ``subject``, ``html_body``
-and ``text_body`` are Jinja2 templates, rendered in Jinja2's
-*sandboxed* environment because the text may come from people who must not
+and ``text_body`` are Jinja2 templates, and so are the sender's display name
+(``from.name``) and the values of ``custom_headers`` when they contain Jinja2
+syntax (plain text, not escaped, checked per recipient like any header). All
+are rendered in Jinja2's *sandboxed* environment because the text may come from people who must not
 be able to reach Python objects through it. ``html_body`` is autoescaped (a
 recipient called ``<script>`` arrives as ``&lt;script&gt;``); ``subject`` and
 ``text_body`` are plain text and are not escaped. Undefined variables are
@@ -125,6 +127,7 @@ class Personalizer:
         if issues:
             raise InvalidMessageError(issues, message="the message template does not compile")
         self._base = self._prepare_base(data)
+        self._header_fields = self._compile_header_fields()
         # Both environments have the same globals (range, dict, namespace, ...);
         # they go into each context because contexts are built "shared".
         self._globals = dict(self._text_env.globals)
@@ -147,10 +150,48 @@ class Personalizer:
         self._attachments: list[dict[str, Any]] = base.pop("attachments", [])
         return base
 
+    def _compile_header_fields(self) -> list[tuple[str, Template]]:
+        """``from.name`` and custom header values with Jinja2 syntax, compiled (plain text).
+
+        Read from the validated base, so that ``"{{ sender }} <news@example.com>"``
+        and ``{"email": ..., "name": "{{ sender }}"}`` mean the same. The
+        template text itself has already passed the field's rules (one line,
+        the length limit); each rendering is checked again per recipient.
+        """
+        sources: list[tuple[str, str]] = []
+        sender = self._base.get("from")
+        if isinstance(sender, dict) and has_template_syntax(sender.get("name") or ""):
+            sources.append(("from.name", sender["name"]))
+        for name, value in (self._base.get("custom_headers") or {}).items():
+            if has_template_syntax(value):
+                sources.append((f"custom_headers.{name}", value))
+        compiled: list[tuple[str, Template]] = []
+        issues: list[FieldIssue] = []
+        for field, source in sources:
+            try:
+                compiled.append((field, self._text_env.from_string(source)))
+            except TemplateSyntaxError as exc:
+                issues.append(
+                    FieldIssue(
+                        field,
+                        "template_syntax",
+                        f"template syntax error on line {exc.lineno}: {exc.message}",
+                    )
+                )
+        if issues:
+            raise InvalidMessageError(issues, message="the message template does not compile")
+        return compiled
+
     @property
     def template_fields(self) -> tuple[str, ...]:
-        """The fields that contain Jinja2 syntax and are rendered per recipient."""
-        return tuple(field for field, _ in self._compiled)
+        """The fields that contain Jinja2 syntax and are rendered per recipient.
+
+        ``subject``, ``html_body``, ``text_body``, then ``from.name`` and
+        ``custom_headers.<name>`` when they hold a template.
+        """
+        return tuple(field for field, _ in self._compiled) + tuple(
+            field for field, _ in self._header_fields
+        )
 
     def context(self, recipient: Recipient) -> dict[str, Any]:
         """The variables a template sees for ``recipient``."""
@@ -188,14 +229,38 @@ class Personalizer:
         }
         if idempotency_key is not None:
             changes["idempotency_key"] = idempotency_key
-        if self._compiled:
+        if self._compiled or self._header_fields:
             context = self.context(recipient)
             for field, template in self._compiled:
                 changes[field] = _render(field, template, context)
+            if self._header_fields:
+                self._render_header_fields(context, changes)
         message = wire_message_with(self._base, changes)
         if self._attachments or recipient.attachments:
             message["attachments"] = self._attachments_for(recipient)
         return message
+
+    def _render_header_fields(self, context: dict[str, Any], changes: dict[str, Any]) -> None:
+        """Render ``from.name`` and header values into ``changes`` (new dicts, the base kept).
+
+        The merged message then takes the full check (wire_message_with passes
+        these fields on to wire_message), so a rendered CR or LF, or a name
+        over the limit, is this recipient's InvalidMessageError, never a header.
+        """
+        headers: dict[str, str] | None = None
+        for field, template in self._header_fields:
+            text = _render(field, template, context)
+            if field == "from.name":
+                sender = {"email": self._base["from"]["email"]}
+                if text.strip():  # an empty name is no name, not 'From: "" <...>'
+                    sender["name"] = text
+                changes["from"] = sender
+            else:
+                if headers is None:
+                    headers = dict(self._base["custom_headers"])
+                headers[field.removeprefix("custom_headers.")] = text
+        if headers is not None:
+            changes["custom_headers"] = headers
 
     def _attachments_for(self, recipient: Recipient) -> list[dict[str, str]]:
         attachments = self._attachments + [

@@ -153,8 +153,11 @@ def _positioned(source: Iterable[object]) -> Iterator[Recipient | RecipientFailu
             )
 
 
-def _from_string(text: str, position: int) -> Recipient:
-    parts = parse_address(text)
+def _from_string(text: str, position: int) -> Recipient | RecipientFailure:
+    try:
+        parts = parse_address(text)
+    except ValueError as exc:  # a list, trailing text, a line break: never a guess
+        return RecipientFailure(position, text, getattr(exc, "code", "invalid_email"), str(exc))
     return Recipient(email=parts["email"], name=parts.get("name"), position=position)
 
 

@@ -3,6 +3,7 @@
 from sendmux_dispatch.models import limits
 from sendmux_dispatch.models.message import (
     Address,
+    AddressError,
     Attachment,
     BatchRequest,
     EmailMessage,
@@ -44,6 +45,7 @@ from sendmux_dispatch.models.wire import (
 __all__ = [
     "TERMINAL_STATUSES",
     "Address",
+    "AddressError",
     "Attachment",
     "AutoTopup",
     "Balance",

@@ -69,7 +69,13 @@ def _describe(error: Any) -> tuple[str, str]:
         code, template = _PATTERN_MESSAGES.get(
             str(ctx.get("pattern")), ("invalid_format", "{value} has the wrong format")
         )
-        return code, template.format(value=_short(value))
+        message = template.format(value=_short(value))
+        if code == "invalid_email" and isinstance(value, str) and not value.isascii():
+            message += (
+                "; non-ASCII characters may only be in the domain (sent in its IDNA form, "
+                "xn--...), not before the '@'"
+            )
+        return code, message
     if kind == "string_too_long":
         return "too_long", (
             f"is {len(value)} characters; the limit is {ctx['max_length']}"

@@ -126,6 +126,17 @@ _address = st.one_of(
     st.builds(lambda e: {"email": e}, _emails),
     st.builds(lambda e, n: {"email": e, "name": n}, _emails, _names),
     st.builds(lambda e, n: f"{n} <{e}>", _emails, st.sampled_from(["Ann", "A B"])),
+    # Strings that are not exactly one address (issue 8): both paths refuse them alike.
+    st.sampled_from(
+        [
+            "mallory@evil.example <victim@example.com>",
+            "Bob <bob@example.com>, Carl <carl@example.com>",
+            "Ann\r\nBcc: e@example.com <ann@example.com>",
+            "ann@bücher.de",
+            "Ann <ann@bücher.de>",
+        ]
+    ),
+    st.builds(lambda e: {"email": e}, st.sampled_from(["ann@bücher.de", "ännchen@example.com"])),
     _emails,
     st.sampled_from([{"name": "no email"}, {"email": "a@example.org", "extra": 1}, 7, None]),
 )
