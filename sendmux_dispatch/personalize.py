@@ -43,7 +43,7 @@ refuses, a name with a line break) is returned as a
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from jinja2 import (
@@ -107,25 +107,11 @@ class Personalizer:
         data = _template_dict(template)
         self._html_env = _environment(autoescape=True)
         self._text_env = _environment(autoescape=False)
-        self._compiled: list[tuple[str, Template]] = []
-        issues: list[FieldIssue] = []
-        for field in TEMPLATE_FIELDS:
-            source = data.get(field)
-            if not isinstance(source, str) or not has_template_syntax(source):
-                continue
-            env = self._html_env if field == "html_body" else self._text_env
-            try:
-                self._compiled.append((field, env.from_string(source)))
-            except TemplateSyntaxError as exc:
-                issues.append(
-                    FieldIssue(
-                        field,
-                        "template_syntax",
-                        f"template syntax error on line {exc.lineno}: {exc.message}",
-                    )
-                )
-        if issues:
-            raise InvalidMessageError(issues, message="the message template does not compile")
+        self._compiled = _compile(
+            (field, self._html_env if field == "html_body" else self._text_env, source)
+            for field in TEMPLATE_FIELDS
+            if isinstance(source := data.get(field), str) and has_template_syntax(source)
+        )
         self._base = self._prepare_base(data)
         self._header_fields = self._compile_header_fields()
         # Both environments have the same globals (range, dict, namespace, ...);
@@ -165,22 +151,7 @@ class Personalizer:
         for name, value in (self._base.get("custom_headers") or {}).items():
             if has_template_syntax(value):
                 sources.append((f"custom_headers.{name}", value))
-        compiled: list[tuple[str, Template]] = []
-        issues: list[FieldIssue] = []
-        for field, source in sources:
-            try:
-                compiled.append((field, self._text_env.from_string(source)))
-            except TemplateSyntaxError as exc:
-                issues.append(
-                    FieldIssue(
-                        field,
-                        "template_syntax",
-                        f"template syntax error on line {exc.lineno}: {exc.message}",
-                    )
-                )
-        if issues:
-            raise InvalidMessageError(issues, message="the message template does not compile")
-        return compiled
+        return _compile((field, self._text_env, source) for field, source in sources)
 
     @property
     def template_fields(self) -> tuple[str, ...]:
@@ -287,6 +258,28 @@ class Personalizer:
             return self.render_wire(recipient, idempotency_key=idempotency_key)
         except InvalidMessageError as exc:
             return failure_from_error(recipient, exc)
+
+
+def _compile(
+    sources: Iterable[tuple[str, ImmutableSandboxedEnvironment, str]],
+) -> list[tuple[str, Template]]:
+    """Compile each ``(field, environment, source)``; every syntax error is reported at once."""
+    compiled: list[tuple[str, Template]] = []
+    issues: list[FieldIssue] = []
+    for field, env, source in sources:
+        try:
+            compiled.append((field, env.from_string(source)))
+        except TemplateSyntaxError as exc:
+            issues.append(
+                FieldIssue(
+                    field,
+                    "template_syntax",
+                    f"template syntax error on line {exc.lineno}: {exc.message}",
+                )
+            )
+    if issues:
+        raise InvalidMessageError(issues, message="the message template does not compile")
+    return compiled
 
 
 def _render(field: str, template: Template, context: dict[str, Any]) -> str:
