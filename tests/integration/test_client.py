@@ -44,7 +44,7 @@ from sendmux_dispatch.client import (
     _Call,
 )
 from sendmux_dispatch.models import batch_body, limits, wire_message
-from sendmux_dispatch.ratelimit import RateLimitState
+from sendmux_dispatch.pacing import RateLimitState
 from sendmux_dispatch.retry import RetryPolicy
 from sendmux_sandbox.config import SEND_ONLY_API_KEY, SandboxConfig
 from sendmux_sandbox.server import SandboxServer
@@ -357,13 +357,19 @@ class RecordingPacer:
     def acquire(self) -> None:
         self.acquired += 1
 
-    async def acquire_async(self) -> None:
+    async def aacquire(self) -> None:
         self.acquired += 1
 
     def observe(self, state: RateLimitState) -> None:
         self.observed.append(state)
 
+    async def aobserve(self, state: RateLimitState) -> None:
+        self.observed.append(state)
+
     def pause(self, seconds: float) -> None:
+        self.paused.append(seconds)
+
+    async def apause(self, seconds: float) -> None:
         self.paused.append(seconds)
 
 
@@ -578,6 +584,35 @@ async def test_async_retry_after_and_single_delivery(
     assert keys[0] == keys[1]
     assert keys[2] == keys[3]
     assert keys[0] != keys[2]
+
+
+class AsyncOnlyPacer(RecordingPacer):
+    """Records like RecordingPacer, but fails if a blocking method is called."""
+
+    def acquire(self) -> None:
+        raise AssertionError("the async client called the blocking acquire()")
+
+    def observe(self, state: RateLimitState) -> None:
+        raise AssertionError("the async client called the blocking observe()")
+
+    def pause(self, seconds: float) -> None:
+        raise AssertionError("the async client called the blocking pause()")
+
+
+async def test_async_client_awaits_the_pacers_async_methods(
+    make_async_client: Any, sandbox: Any
+) -> None:
+    # A RedisPacer's observe()/pause() are Redis round trips: on the event
+    # loop they must be the awaited twins, never the blocking ones.
+    pacer = AsyncOnlyPacer()
+    client = make_async_client(pacer=pacer)
+    sandbox.set_faults(error_429=1.0, retry_after=1)
+    await client.send(_msg())
+    assert pacer.acquired == 2  # the first attempt and the retry
+    assert pacer.paused == [1.0]
+    assert len(pacer.observed) == 2
+    await client.balance()  # the Management API has its own budget: not paced
+    assert pacer.acquired == 2
 
 
 async def test_async_errors_are_mapped(make_async_client: Any) -> None:
