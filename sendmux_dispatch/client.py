@@ -55,8 +55,8 @@ from sendmux_dispatch.models import (
     Me,
     Metrics,
     SendResult,
+    api_limits,
     batch_body,
-    limits,
     wire_messages,
 )
 from sendmux_dispatch.pacing import Pacer, RateLimitState
@@ -358,14 +358,14 @@ class _BaseClient:
     ) -> _Call:
         _check_idempotency_key(idempotency_key)  # before the work of validating
         items = list(messages)
-        if not 1 <= len(items) <= limits.MAX_BATCH_MESSAGES:
+        if not 1 <= len(items) <= api_limits.MAX_BATCH_MESSAGES:
             raise InvalidMessageError(
                 [
                     FieldIssue(
                         "messages",
                         "invalid_count",
                         f"has {len(items)} messages; a batch takes 1 to "
-                        f"{limits.MAX_BATCH_MESSAGES}",
+                        f"{api_limits.MAX_BATCH_MESSAGES}",
                     )
                 ]
             )
@@ -399,14 +399,14 @@ class _BaseClient:
 
     @staticmethod
     def _check_size(body: bytes) -> None:
-        if len(body) > limits.MAX_REQUEST_BYTES:
+        if len(body) > api_limits.MAX_REQUEST_BYTES:
             raise InvalidMessageError(
                 [
                     FieldIssue(
                         "body",
                         "too_large",
                         f"is {len(body)} bytes; a request may be at most "
-                        f"{limits.MAX_REQUEST_BYTES} bytes (25 MB): send fewer messages per "
+                        f"{api_limits.MAX_REQUEST_BYTES} bytes (25 MB): send fewer messages per "
                         "batch or upload attachments and refer to them by attachment_id",
                     )
                 ]

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import ValidationError as PydanticValidationError
 
 from sendmux_dispatch.errors import FieldIssue
-from sendmux_dispatch.models import limits
+from sendmux_dispatch.models import api_limits as limits
 
 _PATTERN_MESSAGES: dict[str, tuple[str, str]] = {
     limits.EMAIL_PATTERN: (

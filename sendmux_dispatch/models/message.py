@@ -28,7 +28,7 @@ from pydantic import (
 from pydantic import ValidationError as PydanticValidationError
 
 from sendmux_dispatch.errors import FieldIssue, InvalidMessageError
-from sendmux_dispatch.models import limits
+from sendmux_dispatch.models import api_limits as limits
 from sendmux_dispatch.models._issues import issues_from_pydantic
 
 __all__ = ["Address", "Attachment", "BatchRequest", "EmailMessage"]

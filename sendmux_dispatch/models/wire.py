@@ -26,7 +26,7 @@ from pydantic_core import to_json
 from typing_extensions import NotRequired, Required, TypedDict
 
 from sendmux_dispatch.errors import FieldIssue, InvalidMessageError
-from sendmux_dispatch.models import limits
+from sendmux_dispatch.models import api_limits as limits
 from sendmux_dispatch.models.message import (
     OBVIOUSLY_SMALL_BODIES,
     DeliveryGroupId,
