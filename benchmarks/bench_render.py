@@ -1,7 +1,7 @@
 """Personalised rendering: the whole planning pipeline against one key's sending ceiling.
 
 One Sendmux API key may make 1,800 requests per 60 s of at most 100 messages
-each: 3,000 messages/s (computed below from ``sendmux_dispatch.models.limits``).
+each: 3,000 messages/s (computed below from ``sendmux_dispatch.models.api_limits``).
 The client-side pipeline must never be what holds a job back, so the target
 is at least ten times that, 30,000 messages/s, on one core.
 
@@ -63,13 +63,15 @@ from _common import (  # the helpers sit beside this script
 )
 
 from sendmux_dispatch import PlannedBatch, plan_batches
-from sendmux_dispatch.models import limits
+from sendmux_dispatch.models import api_limits
 
 SECTION = "render"
 JOB_KEY = "bench-render"
 #: One key's sending ceiling in messages per second: 1,800 requests per 60 s x 100 messages.
 KEY_CEILING = (
-    limits.SENDING_REQUESTS_PER_WINDOW * limits.MAX_BATCH_MESSAGES / limits.RATE_WINDOW_SECONDS
+    api_limits.SENDING_REQUESTS_PER_WINDOW
+    * api_limits.MAX_BATCH_MESSAGES
+    / api_limits.RATE_WINDOW_SECONDS
 )
 TARGET = 10.0
 
@@ -169,7 +171,7 @@ def check_outputs(n: int) -> None:
     plan = plan_batches(TEMPLATE, rows(n), job_key=JOB_KEY)
     batches = list(plan.batches())
     stats = plan.stats
-    expected_batches = math.ceil(n / limits.MAX_BATCH_MESSAGES)
+    expected_batches = math.ceil(n / api_limits.MAX_BATCH_MESSAGES)
     if stats.messages != n or stats.failures or stats.duplicates_dropped:
         raise SystemExit(f"the pipeline did not plan every row: {stats}; fix that first")
     if stats.batches != expected_batches:
@@ -244,8 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Figures are messages per second from the median of {args.repeats} interleaved runs "
         "(after one warm-up run each), timed with `time.perf_counter`; the best run is shown "
         "beside it. "
-        f"One key's ceiling is {limits.SENDING_REQUESTS_PER_WINDOW:,} requests per "
-        f"{limits.RATE_WINDOW_SECONDS:g} s x {limits.MAX_BATCH_MESSAGES} messages = "
+        f"One key's ceiling is {api_limits.SENDING_REQUESTS_PER_WINDOW:,} requests per "
+        f"{api_limits.RATE_WINDOW_SECONDS:g} s x {api_limits.MAX_BATCH_MESSAGES} messages = "
         f"{KEY_CEILING:,.0f} messages/s.",
         "",
         "```",

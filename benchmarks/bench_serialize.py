@@ -51,10 +51,16 @@ from sendmux_sending.models.batch_send_request import (  # type: ignore[import-u
     BatchSendRequest,
 )
 
-from sendmux_dispatch.models import BatchRequest, EmailMessage, batch_body, limits, wire_messages
+from sendmux_dispatch.models import (
+    BatchRequest,
+    EmailMessage,
+    api_limits,
+    batch_body,
+    wire_messages,
+)
 
 SECTION = "serialize"
-BATCH = limits.MAX_BATCH_MESSAGES
+BATCH = api_limits.MAX_BATCH_MESSAGES
 SDK_TARGET = 4.0
 FLOOR_TARGET = 0.5
 

@@ -76,9 +76,14 @@ from sendmux_dispatch.models import (
     wire_message_with,
     wire_messages,
 )
-from sendmux_dispatch.pacing import InProcessPacer, RedisPacer, key_fingerprint
+from sendmux_dispatch.pacing import (
+    InProcessPacer,
+    Pacer,
+    RateLimitState,
+    RedisPacer,
+    key_fingerprint,
+)
 from sendmux_dispatch.personalize import Personalizer
-from sendmux_dispatch.ratelimit import Pacer, RateLimitState
 from sendmux_dispatch.recipients import (
     ReadStats,
     Recipient,

@@ -70,7 +70,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import to_json
 
-from sendmux_dispatch.models import WireMessage, batch_body, encode_message, limits
+from sendmux_dispatch.models import WireMessage, api_limits, batch_body, encode_message
 from sendmux_dispatch.personalize import Personalizer
 from sendmux_dispatch.recipients import (
     Recipient,
@@ -543,8 +543,8 @@ def plan_batches(
     recipients: Iterable[object],
     *,
     job_key: str,
-    max_messages: int = limits.MAX_BATCH_MESSAGES,
-    max_bytes: int = limits.MAX_REQUEST_BYTES,
+    max_messages: int = api_limits.MAX_BATCH_MESSAGES,
+    max_bytes: int = api_limits.MAX_REQUEST_BYTES,
     dedupe: bool = True,
     per_message_keys: bool = False,
 ) -> BatchPlan:
@@ -563,12 +563,12 @@ def plan_batches(
     ``idempotency_key`` (:func:`message_idempotency_key`).
     """
     _check_job_key(job_key)
-    if not 1 <= max_messages <= limits.MAX_BATCH_MESSAGES:
-        raise ValueError(f"max_messages must be 1 to {limits.MAX_BATCH_MESSAGES}")
-    if not BATCH_ENVELOPE_BYTES < max_bytes <= limits.MAX_REQUEST_BYTES:
+    if not 1 <= max_messages <= api_limits.MAX_BATCH_MESSAGES:
+        raise ValueError(f"max_messages must be 1 to {api_limits.MAX_BATCH_MESSAGES}")
+    if not BATCH_ENVELOPE_BYTES < max_bytes <= api_limits.MAX_REQUEST_BYTES:
         raise ValueError(
             f"max_bytes must be more than {BATCH_ENVELOPE_BYTES} and at most "
-            f"{limits.MAX_REQUEST_BYTES}"
+            f"{api_limits.MAX_REQUEST_BYTES}"
         )
     personalizer = template if isinstance(template, Personalizer) else Personalizer(template)
     return BatchPlan(

@@ -58,11 +58,11 @@ from sendmux_dispatch.models import (
     Me,
     Metrics,
     SendResult,
+    api_limits,
     batch_body,
-    limits,
     wire_messages,
 )
-from sendmux_dispatch.ratelimit import Pacer, RateLimitState
+from sendmux_dispatch.pacing import Pacer, RateLimitState
 from sendmux_dispatch.retry import LONG_WAIT_SECONDS, RetryPolicy
 
 __all__ = [
@@ -168,6 +168,16 @@ class _Reply:
     request_id: str | None
     pagination: Mapping[str, Any] | None
     etag: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _PacerFeedback:
+    """What one response tells the call's pacer; the sync or async client tells it."""
+
+    pacer: Pacer
+    state: RateLimitState | None
+    #: Seconds every acquirer should wait: a 429's Retry-After, capped by the policy.
+    pause: float | None
 
 
 def _check_base_url(name: str, url: str) -> str:
@@ -354,14 +364,14 @@ class _BaseClient:
     ) -> _Call:
         _check_idempotency_key(idempotency_key)  # before the work of validating
         items = list(messages)
-        if not 1 <= len(items) <= limits.MAX_BATCH_MESSAGES:
+        if not 1 <= len(items) <= api_limits.MAX_BATCH_MESSAGES:
             raise InvalidMessageError(
                 [
                     FieldIssue(
                         "messages",
                         "invalid_count",
                         f"has {len(items)} messages; a batch takes 1 to "
-                        f"{limits.MAX_BATCH_MESSAGES}",
+                        f"{api_limits.MAX_BATCH_MESSAGES}",
                     )
                 ]
             )
@@ -395,14 +405,14 @@ class _BaseClient:
 
     @staticmethod
     def _check_size(body: bytes) -> None:
-        if len(body) > limits.MAX_REQUEST_BYTES:
+        if len(body) > api_limits.MAX_REQUEST_BYTES:
             raise InvalidMessageError(
                 [
                     FieldIssue(
                         "body",
                         "too_large",
                         f"is {len(body)} bytes; a request may be at most "
-                        f"{limits.MAX_REQUEST_BYTES} bytes (25 MB): send fewer messages per "
+                        f"{api_limits.MAX_REQUEST_BYTES} bytes (25 MB): send fewer messages per "
                         "batch or upload attachments and refer to them by attachment_id",
                     )
                 ]
@@ -523,14 +533,31 @@ class _BaseClient:
             return (self.stats,)
         return (self.stats, call.stats)
 
-    def _handle_response(self, call: _Call, response: httpx.Response) -> _Reply:
-        """Stats, pacer feedback, then the parsed reply, or the error to raise."""
-        pacer = self._paced(call)
+    def _pacer_feedback(self, call: _Call, response: httpx.Response) -> _PacerFeedback | None:
+        """Record the rate-limit state; return what the call's pacer should learn.
+
+        No I/O here: for a :class:`~sendmux_dispatch.pacing.RedisPacer` telling
+        is a Redis round trip, so the two clients do it, blocking or awaited.
+        """
         state = RateLimitState.from_headers(response.headers)
         if state is not None:
             self.stats._set_rate_limit(state)
-            if pacer is not None:
-                pacer.observe(state)
+        pacer = self._paced(call)
+        if pacer is None:
+            return None
+        pause: float | None = None
+        if response.status_code == 429:
+            retry_after = _parse_retry_after(response.headers.get("retry-after"))
+            if retry_after is not None:
+                # Capped: a wait beyond the policy is not taken (the call
+                # raises), so other calls must not sleep an hour in the pacer.
+                pause = min(retry_after, self.retry.max_retry_after)
+        if state is None and pause is None:
+            return None
+        return _PacerFeedback(pacer, state, pause)
+
+    def _handle_response(self, call: _Call, response: httpx.Response) -> _Reply:
+        """Stats, then the parsed reply, or the error to raise."""
         status = response.status_code
         secrets = self._secrets()
         # Everything the server says is scrubbed of the keys before it is
@@ -546,11 +573,6 @@ class _BaseClient:
             if status == 429:
                 for stats in self._counters(call):
                     stats._add_rate_limited()
-                pause: Callable[[float], None] | None = getattr(pacer, "pause", None)
-                if pause is not None and retry_after is not None:
-                    # Capped: a wait beyond the policy is not taken (the call
-                    # raises), so other calls must not sleep an hour in the pacer.
-                    pause(min(retry_after, self.retry.max_retry_after))
             raise error_from_response(
                 status,
                 response.content,
@@ -715,6 +737,12 @@ class SendmuxClient(_BaseClient):
             failure = self._transport_failure(call, exc)
         if failure is not None:
             raise failure  # outside the except: no __context__ pointing at httpx
+        feedback = self._pacer_feedback(call, response)
+        if feedback is not None:
+            if feedback.state is not None:
+                feedback.pacer.observe(feedback.state)
+            if feedback.pause is not None:
+                feedback.pacer.pause(feedback.pause)
         return self._handle_response(call, response)
 
     def _request(self, call: _Call) -> _Reply:
@@ -906,7 +934,7 @@ class AsyncSendmuxClient(_BaseClient):
         self._pool_for_this_loop()
         pacer = self._paced(call)
         if pacer is not None:
-            await pacer.acquire_async()
+            await pacer.aacquire()
         request = self._build_request(call)
         for stats in self._counters(call):
             stats._add_request()
@@ -917,6 +945,12 @@ class AsyncSendmuxClient(_BaseClient):
             failure = self._transport_failure(call, exc)
         if failure is not None:
             raise failure  # outside the except: no __context__ pointing at httpx
+        feedback = self._pacer_feedback(call, response)
+        if feedback is not None:
+            if feedback.state is not None:
+                await feedback.pacer.aobserve(feedback.state)
+            if feedback.pause is not None:
+                await feedback.pacer.apause(feedback.pause)
         return self._handle_response(call, response)
 
     async def _request(self, call: _Call) -> _Reply:

@@ -52,8 +52,8 @@ from sendmux_dispatch.errors import (
     ValidationError,
 )
 from sendmux_dispatch.models import Balance, BatchItem, BatchResult, Me
+from sendmux_dispatch.pacing import Pacer
 from sendmux_dispatch.personalize import Personalizer
-from sendmux_dispatch.ratelimit import Pacer
 from sendmux_dispatch.recipients import RecipientFailure
 from sendmux_dispatch.report import (
     DEFAULT_MAX_FAILURES,

@@ -61,7 +61,7 @@ from sendmux_dispatch.errors import FieldIssue, InvalidMessageError
 from sendmux_dispatch.models import (
     EmailMessage,
     WireMessage,
-    limits,
+    api_limits,
     text_to_html,
     wire_message_with,
 )
@@ -237,14 +237,14 @@ class Personalizer:
         attachments = self._attachments + [
             attachment.model_dump(exclude_none=True) for attachment in recipient.attachments
         ]
-        if len(attachments) > limits.MAX_ATTACHMENTS:
+        if len(attachments) > api_limits.MAX_ATTACHMENTS:
             raise InvalidMessageError(
                 [
                     FieldIssue(
                         "attachments",
                         "too_many",
                         f"has {len(attachments)} items (the template's and the recipient's); "
-                        f"the limit is {limits.MAX_ATTACHMENTS}",
+                        f"the limit is {api_limits.MAX_ATTACHMENTS}",
                     )
                 ]
             )

@@ -25,7 +25,7 @@ from typing import Any
 import tenacity
 
 from sendmux_dispatch.errors import InvalidMessageError, SendmuxError
-from sendmux_dispatch.models.limits import IDEMPOTENCY_TTL_SECONDS
+from sendmux_dispatch.models.api_limits import IDEMPOTENCY_TTL_SECONDS
 
 __all__ = ["LONG_WAIT_SECONDS", "RetryPolicy"]
 

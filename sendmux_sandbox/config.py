@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sendmux_dispatch.models.limits import (
+from sendmux_dispatch.models.api_limits import (
     IDEMPOTENCY_TTL_SECONDS,
     MANAGEMENT_REQUESTS_PER_WINDOW,
     MAX_REQUEST_BYTES,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sendmux_dispatch.models.limits import MAX_BATCH_MESSAGES, MAX_SUBJECT_CHARS
+from sendmux_dispatch.models.api_limits import MAX_BATCH_MESSAGES, MAX_SUBJECT_CHARS
 
 __all__ = ["openapi_document"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sendmux_dispatch.models.limits import (
+from sendmux_dispatch.models.api_limits import (
     ATTACHMENT_ID_PATTERN,
     BASE64_PATTERN,
     CUSTOM_HEADER_NAME_PATTERN,

@@ -1,6 +1,6 @@
 """Pydantic models of the Sendmux API's requests and responses (wire shape, snake_case)."""
 
-from sendmux_dispatch.models import limits
+from sendmux_dispatch.models import api_limits
 from sendmux_dispatch.models.message import (
     Address,
     AddressError,
@@ -70,9 +70,9 @@ __all__ = [
     "Team",
     "WireAddress",
     "WireMessage",
+    "api_limits",
     "batch_body",
     "encode_message",
-    "limits",
     "parse_address",
     "text_to_html",
     "wire_message",

@@ -12,38 +12,38 @@ from typing import Any
 from pydantic import ValidationError as PydanticValidationError
 
 from sendmux_dispatch.errors import FieldIssue
-from sendmux_dispatch.models import limits
+from sendmux_dispatch.models import api_limits
 
 _PATTERN_MESSAGES: dict[str, tuple[str, str]] = {
-    limits.EMAIL_PATTERN: (
+    api_limits.EMAIL_PATTERN: (
         "invalid_email",
         "{value} is not a valid email address (expected name@domain.tld, at most "
-        f"{limits.MAX_ADDRESS_CHARS} characters)",
+        f"{api_limits.MAX_ADDRESS_CHARS} characters)",
     ),
-    limits.NO_LINE_BREAKS_PATTERN: (
+    api_limits.NO_LINE_BREAKS_PATTERN: (
         "line_break",
         "must not contain CR or LF (a line break would start a new mail header); "
         "put it on one line",
     ),
-    limits.CUSTOM_HEADER_NAME_PATTERN: (
+    api_limits.CUSTOM_HEADER_NAME_PATTERN: (
         "invalid_header_name",
         "{value} is not allowed: custom header names must start with X- (for example "
         "X-Campaign) and contain no spaces or colons",
     ),
-    limits.IDEMPOTENCY_KEY_PATTERN: (
+    api_limits.IDEMPOTENCY_KEY_PATTERN: (
         "invalid_idempotency_key",
         "must be 1 to 255 characters of A-Z, a-z, 0-9, _ and -",
     ),
-    limits.ATTACHMENT_ID_PATTERN: (
+    api_limits.ATTACHMENT_ID_PATTERN: (
         "invalid_attachment_id",
         "{value} is not an uploaded attachment id (att_ followed by 24 lowercase letters "
         "or digits)",
     ),
-    limits.DELIVERY_GROUP_PATTERN: (
+    api_limits.DELIVERY_GROUP_PATTERN: (
         "invalid_delivery_group",
         "{value} is not a delivery group id (dgrp_ followed by lowercase letters, digits, _ or -)",
     ),
-    limits.BASE64_PATTERN: (
+    api_limits.BASE64_PATTERN: (
         "invalid_base64",
         "is not base64 text; build the attachment with Attachment.from_bytes() or "
         "Attachment.from_path()",

@@ -35,7 +35,7 @@ from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import PydanticCustomError
 
 from sendmux_dispatch.errors import FieldIssue, InvalidMessageError
-from sendmux_dispatch.models import limits
+from sendmux_dispatch.models import api_limits
 from sendmux_dispatch.models._issues import issues_from_pydantic
 
 __all__ = [
@@ -49,27 +49,33 @@ __all__ = [
 ]
 
 EmailAddress = Annotated[
-    str, StringConstraints(max_length=limits.MAX_ADDRESS_CHARS, pattern=limits.EMAIL_PATTERN)
+    str,
+    StringConstraints(max_length=api_limits.MAX_ADDRESS_CHARS, pattern=api_limits.EMAIL_PATTERN),
 ]
 DisplayName = Annotated[
-    str, StringConstraints(max_length=limits.MAX_NAME_CHARS, pattern=limits.NO_LINE_BREAKS_PATTERN)
+    str,
+    StringConstraints(
+        max_length=api_limits.MAX_NAME_CHARS, pattern=api_limits.NO_LINE_BREAKS_PATTERN
+    ),
 ]
 Subject = Annotated[
     str,
     StringConstraints(
-        min_length=1, max_length=limits.MAX_SUBJECT_CHARS, pattern=limits.NO_LINE_BREAKS_PATTERN
+        min_length=1,
+        max_length=api_limits.MAX_SUBJECT_CHARS,
+        pattern=api_limits.NO_LINE_BREAKS_PATTERN,
     ),
 ]
-HeaderName = Annotated[str, StringConstraints(pattern=limits.CUSTOM_HEADER_NAME_PATTERN)]
+HeaderName = Annotated[str, StringConstraints(pattern=api_limits.CUSTOM_HEADER_NAME_PATTERN)]
 HeaderValue = Annotated[
     str,
     StringConstraints(
-        max_length=limits.MAX_HEADER_VALUE_CHARS, pattern=limits.NO_LINE_BREAKS_PATTERN
+        max_length=api_limits.MAX_HEADER_VALUE_CHARS, pattern=api_limits.NO_LINE_BREAKS_PATTERN
     ),
 ]
 NonEmptyBody = Annotated[str, StringConstraints(min_length=1)]
-IdempotencyKey = Annotated[str, StringConstraints(pattern=limits.IDEMPOTENCY_KEY_PATTERN)]
-DeliveryGroupId = Annotated[str, StringConstraints(pattern=limits.DELIVERY_GROUP_PATTERN)]
+IdempotencyKey = Annotated[str, StringConstraints(pattern=api_limits.IDEMPOTENCY_KEY_PATTERN)]
+DeliveryGroupId = Annotated[str, StringConstraints(pattern=api_limits.DELIVERY_GROUP_PATTERN)]
 
 
 class _RequestModel(BaseModel):
@@ -170,7 +176,7 @@ class AddressError(ValueError):
         self.message = message
 
 
-_BARE_ADDRESS = re.compile(limits.EMAIL_PATTERN)
+_BARE_ADDRESS = re.compile(api_limits.EMAIL_PATTERN)
 # RFC 5322 specials: a display name holding one must be quoted.
 _NAME_SPECIALS = re.compile(r'[()<>\[\]:;@\\,."]')
 _QUOTE_HINT = "if it is a name, put it in double quotes"
@@ -332,22 +338,22 @@ class Attachment(_RequestModel):
             str,
             StringConstraints(
                 min_length=1,
-                max_length=limits.MAX_FILENAME_CHARS,
-                pattern=limits.NO_LINE_BREAKS_PATTERN,
+                max_length=api_limits.MAX_FILENAME_CHARS,
+                pattern=api_limits.NO_LINE_BREAKS_PATTERN,
             ),
         ]
         | None
     ) = None
     content: (
-        Annotated[str, StringConstraints(min_length=1, pattern=limits.BASE64_PATTERN)] | None
+        Annotated[str, StringConstraints(min_length=1, pattern=api_limits.BASE64_PATTERN)] | None
     ) = None
     type: (
-        Annotated[str, StringConstraints(max_length=255, pattern=limits.NO_LINE_BREAKS_PATTERN)]
+        Annotated[str, StringConstraints(max_length=255, pattern=api_limits.NO_LINE_BREAKS_PATTERN)]
         | None
     ) = None
     encoding: Literal["base64"] | None = None
     attachment_id: (
-        Annotated[str, StringConstraints(pattern=limits.ATTACHMENT_ID_PATTERN)] | None
+        Annotated[str, StringConstraints(pattern=api_limits.ATTACHMENT_ID_PATTERN)] | None
     ) = None
 
     @field_validator("content", mode="wrap")
@@ -428,10 +434,12 @@ class EmailMessage(_RequestModel):
     return_path: EmailAddress | None = None
     # The docs allow 100 each; the spec says 49 each and 50 recipients in
     # all. We enforce the docs and let a stricter server answer per message.
-    cc: Annotated[list[Address], Field(max_length=limits.DOCS_MAX_CC)] | None = None
-    bcc: Annotated[list[Address], Field(max_length=limits.DOCS_MAX_BCC)] | None = None
+    cc: Annotated[list[Address], Field(max_length=api_limits.DOCS_MAX_CC)] | None = None
+    bcc: Annotated[list[Address], Field(max_length=api_limits.DOCS_MAX_BCC)] | None = None
     custom_headers: dict[HeaderName, HeaderValue] | None = None
-    attachments: Annotated[list[Attachment], Field(max_length=limits.MAX_ATTACHMENTS)] | None = None
+    attachments: (
+        Annotated[list[Attachment], Field(max_length=api_limits.MAX_ATTACHMENTS)] | None
+    ) = None
     # The docs say a send cannot choose a delivery group; the spec has the
     # field. Modelled and passed through, absent unless the caller sets it.
     delivery_group: DeliveryGroupId | list[DeliveryGroupId] | None = None
@@ -496,13 +504,13 @@ class EmailMessage(_RequestModel):
             else:
                 issues.append(_MISSING_BODY)
         size = self.approx_size
-        if size > limits.MAX_REQUEST_BYTES:
+        if size > api_limits.MAX_REQUEST_BYTES:
             issues.append(
                 FieldIssue(
                     "message",
                     "too_large",
                     f"is about {size / 1_048_576:.1f} MB; a request may be at most "
-                    f"{limits.MAX_REQUEST_BYTES // 1_048_576} MB: shrink the bodies or "
+                    f"{api_limits.MAX_REQUEST_BYTES // 1_048_576} MB: shrink the bodies or "
                     "upload attachments and refer to them by attachment_id",
                 )
             )
@@ -514,7 +522,7 @@ class EmailMessage(_RequestModel):
         size = 512 + len(self.html_body or "") + len(self.text_body or "") + len(self.subject)
         if self.attachments:
             size += sum(attachment.approx_size for attachment in self.attachments)
-        if size * 4 > limits.MAX_REQUEST_BYTES:
+        if size * 4 > api_limits.MAX_REQUEST_BYTES:
             # Only big messages pay for the exact UTF-8 length of their bodies.
             size += len((self.html_body or "").encode()) - len(self.html_body or "")
             size += len((self.text_body or "").encode()) - len(self.text_body or "")
@@ -532,7 +540,7 @@ _MISSING_BODY = FieldIssue(
 #: Bodies (in characters) that cannot make a message too large: a character
 #: is at most 4 UTF-8 bytes, and the subject (at most 998 characters) and the
 #: 512 bytes allowed for the rest come on top, as in EmailMessage.approx_size.
-OBVIOUSLY_SMALL_BODIES = (limits.MAX_REQUEST_BYTES // 4) - 512 - limits.MAX_SUBJECT_CHARS
+OBVIOUSLY_SMALL_BODIES = (api_limits.MAX_REQUEST_BYTES // 4) - 512 - api_limits.MAX_SUBJECT_CHARS
 
 
 def _invalid_message(exc: PydanticValidationError, data: Any) -> InvalidMessageError:
@@ -554,7 +562,7 @@ class BatchRequest(_RequestModel):
     """The body of POST /emails/send/batch: 1 to 100 messages."""
 
     messages: Annotated[
-        list[EmailMessage], Field(min_length=1, max_length=limits.MAX_BATCH_MESSAGES)
+        list[EmailMessage], Field(min_length=1, max_length=api_limits.MAX_BATCH_MESSAGES)
     ]
 
     def to_json(self, *, include_idempotency_keys: bool = False) -> bytes:

@@ -26,7 +26,7 @@ from pydantic_core import to_json
 from typing_extensions import NotRequired, Required, TypedDict
 
 from sendmux_dispatch.errors import FieldIssue, InvalidMessageError
-from sendmux_dispatch.models import limits
+from sendmux_dispatch.models import api_limits
 from sendmux_dispatch.models.message import (
     OBVIOUSLY_SMALL_BODIES,
     DeliveryGroupId,
@@ -62,7 +62,7 @@ class WireAddress(TypedDict):
     name: NotRequired[DisplayName]
 
 
-WireAddresses = Annotated[list[WireAddress], Field(max_length=limits.DOCS_MAX_CC)]
+WireAddresses = Annotated[list[WireAddress], Field(max_length=api_limits.DOCS_MAX_CC)]
 
 # Functional syntax because "from" is a keyword. Every key is the wire name of
 # an EmailMessage field; tests check that the two lists agree.

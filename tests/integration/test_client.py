@@ -43,8 +43,8 @@ from sendmux_dispatch.client import (
     SendmuxClient,
     _Call,
 )
-from sendmux_dispatch.models import batch_body, limits, wire_message
-from sendmux_dispatch.ratelimit import RateLimitState
+from sendmux_dispatch.models import api_limits, batch_body, wire_message
+from sendmux_dispatch.pacing import RateLimitState
 from sendmux_dispatch.retry import RetryPolicy
 from sendmux_sandbox.config import SEND_ONLY_API_KEY, SandboxConfig
 from sendmux_sandbox.server import SandboxServer
@@ -67,7 +67,7 @@ def _msg(to: str | None = None, **extra: Any) -> dict[str, Any]:
 def _too_many_cc() -> list[str]:
     # Valid for the client (the docs allow 100), refused by the sandbox (the
     # spec allows 49): the way to get a per-message server-side failure.
-    return [f"cc{i}@example.com" for i in range(limits.SPEC_MAX_CC + 1)]
+    return [f"cc{i}@example.com" for i in range(api_limits.SPEC_MAX_CC + 1)]
 
 
 # -- success paths ----------------------------------------------------------
@@ -357,13 +357,19 @@ class RecordingPacer:
     def acquire(self) -> None:
         self.acquired += 1
 
-    async def acquire_async(self) -> None:
+    async def aacquire(self) -> None:
         self.acquired += 1
 
     def observe(self, state: RateLimitState) -> None:
         self.observed.append(state)
 
+    async def aobserve(self, state: RateLimitState) -> None:
+        self.observed.append(state)
+
     def pause(self, seconds: float) -> None:
+        self.paused.append(seconds)
+
+    async def apause(self, seconds: float) -> None:
         self.paused.append(seconds)
 
 
@@ -375,7 +381,7 @@ def test_pacer_is_asked_before_every_sending_attempt(make_client: Any, sandbox: 
     assert pacer.acquired == 2  # the first attempt and the retry
     assert pacer.paused == [1.0]
     assert len(pacer.observed) == 2
-    assert pacer.observed[-1].limit == limits.SENDING_REQUESTS_PER_WINDOW
+    assert pacer.observed[-1].limit == api_limits.SENDING_REQUESTS_PER_WINDOW
     client.balance()  # the Management API has its own budget: not paced
     assert pacer.acquired == 2
 
@@ -428,13 +434,13 @@ def test_user_agent_names_the_package(client: Any, recorder: Any) -> None:
 # -- refused before any request -----------------------------------------------------
 
 
-@pytest.mark.parametrize("count", [0, limits.MAX_BATCH_MESSAGES + 1])
+@pytest.mark.parametrize("count", [0, api_limits.MAX_BATCH_MESSAGES + 1])
 def test_batch_size_is_checked_before_sending(client: Any, count: int) -> None:
     with pytest.raises(InvalidMessageError) as caught:
         client.send_batch([_msg() for _ in range(count)])
     [issue] = caught.value.errors
     assert issue.field == "messages"
-    assert str(limits.MAX_BATCH_MESSAGES) in issue.message
+    assert str(api_limits.MAX_BATCH_MESSAGES) in issue.message
     assert client.stats.requests == 0
 
 
@@ -454,11 +460,11 @@ def test_bad_idempotency_key_is_refused(client: Any, key: str) -> None:
 
 
 def test_batch_over_25_mb_is_refused_before_sending(client: Any) -> None:
-    half = "x" * (limits.MAX_REQUEST_BYTES // 2)
+    half = "x" * (api_limits.MAX_REQUEST_BYTES // 2)
     with pytest.raises(InvalidMessageError) as caught:
         client.send_batch([_msg(html_body=half), _msg(html_body=half)])
     [issue] = caught.value.errors
-    assert str(limits.MAX_REQUEST_BYTES) in issue.message
+    assert str(api_limits.MAX_REQUEST_BYTES) in issue.message
     assert client.stats.requests == 0
 
 
@@ -500,7 +506,7 @@ def test_send_batch_body_counts_a_call_in_the_stats_it_is_given(client: Any, san
 
 def test_send_batch_body_checks_only_the_size(client: Any) -> None:
     with pytest.raises(InvalidMessageError) as caught:
-        client.send_batch_body(b" " * (limits.MAX_REQUEST_BYTES + 1))
+        client.send_batch_body(b" " * (api_limits.MAX_REQUEST_BYTES + 1))
     [issue] = caught.value.errors
     assert issue.field == "body"
     assert client.stats.requests == 0
@@ -580,6 +586,35 @@ async def test_async_retry_after_and_single_delivery(
     assert keys[0] != keys[2]
 
 
+class AsyncOnlyPacer(RecordingPacer):
+    """Records like RecordingPacer, but fails if a blocking method is called."""
+
+    def acquire(self) -> None:
+        raise AssertionError("the async client called the blocking acquire()")
+
+    def observe(self, state: RateLimitState) -> None:
+        raise AssertionError("the async client called the blocking observe()")
+
+    def pause(self, seconds: float) -> None:
+        raise AssertionError("the async client called the blocking pause()")
+
+
+async def test_async_client_awaits_the_pacers_async_methods(
+    make_async_client: Any, sandbox: Any
+) -> None:
+    # A RedisPacer's observe()/pause() are Redis round trips: on the event
+    # loop they must be the awaited twins, never the blocking ones.
+    pacer = AsyncOnlyPacer()
+    client = make_async_client(pacer=pacer)
+    sandbox.set_faults(error_429=1.0, retry_after=1)
+    await client.send(_msg())
+    assert pacer.acquired == 2  # the first attempt and the retry
+    assert pacer.paused == [1.0]
+    assert len(pacer.observed) == 2
+    await client.balance()  # the Management API has its own budget: not paced
+    assert pacer.acquired == 2
+
+
 async def test_async_errors_are_mapped(make_async_client: Any) -> None:
     client = make_async_client(api_key="smx_root_unknown_key_0000000000")
     with pytest.raises(AuthenticationError) as caught:
@@ -638,4 +673,4 @@ def test_stats_convert_to_a_plain_dict(client: Any, sandbox: Any) -> None:
     assert stats["requests"] == 2
     assert stats["retries"] == 1
     assert stats["retry_delays"] == [1.0]
-    assert stats["last_rate_limit"]["limit"] == limits.SENDING_REQUESTS_PER_WINDOW
+    assert stats["last_rate_limit"]["limit"] == api_limits.SENDING_REQUESTS_PER_WINDOW

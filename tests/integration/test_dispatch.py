@@ -21,7 +21,7 @@ from sendmux_dispatch import (
     SendmuxClient,
     dispatch,
 )
-from sendmux_dispatch.ratelimit import RateLimitState
+from sendmux_dispatch.pacing import RateLimitState
 from sendmux_sandbox import SEND_ONLY_API_KEY
 
 TEMPLATE = {
@@ -229,10 +229,19 @@ class CountingPacer:
         with self._lock:
             self.acquired += 1
 
-    async def acquire_async(self) -> None:
+    async def aacquire(self) -> None:
         self.acquire()
 
     def observe(self, state: RateLimitState) -> None:
+        pass
+
+    async def aobserve(self, state: RateLimitState) -> None:
+        pass
+
+    def pause(self, seconds: float) -> None:
+        pass
+
+    async def apause(self, seconds: float) -> None:
         pass
 
 

@@ -13,8 +13,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from sendmux_dispatch.pacing import RedisPacer, key_fingerprint
-from sendmux_dispatch.ratelimit import Pacer, RateLimitState
+from sendmux_dispatch.pacing import Pacer, RateLimitState, RedisPacer, key_fingerprint
 
 pytestmark = pytest.mark.redis
 
@@ -83,7 +82,7 @@ async def test_ceiling_holds_across_coroutines(redis_url: str, key_id: str) -> N
 
     async def hammer() -> None:
         while time.time() < deadline:
-            await pacer.acquire_async()
+            await pacer.aacquire()
             stamps.append(time.time())
 
     await asyncio.wait_for(asyncio.gather(*(hammer() for _ in range(20))), timeout=10)
@@ -100,7 +99,7 @@ async def test_pacer_built_from_a_client_works_async(redis_url: str, key_id: str
     assert isinstance(pacer, Pacer)
     start = time.monotonic()
     for _ in range(4):  # the fourth waits for the window
-        await pacer.acquire_async()
+        await pacer.aacquire()
     assert time.monotonic() - start >= 0.9
     pacer.close()  # a client passed in stays open
     assert client.ping()
@@ -162,15 +161,51 @@ def test_observed_exhaustion_holds_every_process(redis_url: str, key_id: str) ->
 
 
 async def test_pause_inside_an_event_loop_is_shared(redis_url: str, key_id: str) -> None:
-    # observe()/pause() are sync; inside a loop the Redis write runs as a task.
+    # Inside a loop the awaited twin writes the pause, without blocking the loop.
     a = make(redis_url, key_id, limit=50, window=1, headroom=0)
     b = make(redis_url, key_id, limit=50, window=1, headroom=0)
-    a.pause(0.3)
+    await a.apause(0.3)
     start = time.monotonic()
     await asyncio.sleep(0.02)  # let the write land
-    await b.acquire_async()
+    await b.aacquire()
     assert 0.25 <= time.monotonic() - start < 0.8
     for p in (a, b):
+        await p.aclose()
+        p.close()
+
+
+async def test_aobserve_shares_exhaustion_before_it_returns(redis_url: str, key_id: str) -> None:
+    # No background task: once aobserve() returns, another process (here a
+    # second pacer, blocking) already sees the pause.
+    seen_it = make(redis_url, key_id, limit=50, window=1, headroom=0)
+    other = make(redis_url, key_id, limit=50, window=1, headroom=0)
+    now = time.time()
+    await seen_it.aobserve(
+        RateLimitState(limit=50, remaining=0, reset_at=now + 0.3, observed_at=now)
+    )
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+    start = time.monotonic()
+    await asyncio.to_thread(other.acquire)
+    assert 0.25 <= time.monotonic() - start < 0.8
+    await seen_it.aclose()
+    for p in (seen_it, other):
+        p.close()
+
+
+async def test_aobserve_takes_out_requests_made_elsewhere(redis_url: str, key_id: str) -> None:
+    seen_it = make(redis_url, key_id, limit=50, window=1, headroom=0)
+    other = make(redis_url, key_id, limit=50, window=1, headroom=0)
+    now = time.time()
+    await seen_it.aobserve(
+        RateLimitState(limit=50, remaining=5, reset_at=now + 1.0, observed_at=now)
+    )
+    start = time.monotonic()
+    for _ in range(5):
+        await other.aacquire()
+    assert time.monotonic() - start < 0.5
+    await other.aacquire()  # the sixth waits for the window
+    assert time.monotonic() - start >= 0.8
+    for p in (seen_it, other):
         await p.aclose()
         p.close()
 

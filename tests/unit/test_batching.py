@@ -29,9 +29,9 @@ from sendmux_dispatch import (
     wire_message,
 )
 from sendmux_dispatch.batching import DigestSet, message_size_bound
-from sendmux_dispatch.models import limits
+from sendmux_dispatch.models import api_limits
 
-KEY = re.compile(limits.IDEMPOTENCY_KEY_PATTERN)
+KEY = re.compile(api_limits.IDEMPOTENCY_KEY_PATTERN)
 
 TEMPLATE: dict[str, Any] = {
     "from": {"email": "news@example.com", "name": "Shop"},
@@ -84,7 +84,7 @@ def test_max_messages_is_honoured_and_checked() -> None:
         with pytest.raises(ValueError, match="max_messages"):
             plan_batches(TEMPLATE, [], job_key="j", max_messages=bad)
     with pytest.raises(ValueError, match="max_bytes"):
-        plan_batches(TEMPLATE, [], job_key="j", max_bytes=limits.MAX_REQUEST_BYTES + 1)
+        plan_batches(TEMPLATE, [], job_key="j", max_bytes=api_limits.MAX_REQUEST_BYTES + 1)
     with pytest.raises(ValueError, match="job_key"):
         plan_batches(TEMPLATE, [], job_key="")
 

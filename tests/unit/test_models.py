@@ -17,7 +17,7 @@ from sendmux_dispatch import (
     EmailMessage,
     InvalidMessageError,
 )
-from sendmux_dispatch.models import limits
+from sendmux_dispatch.models import api_limits
 
 BASE = {
     "from": {"email": "reports@example.com", "name": "Reports"},
@@ -66,7 +66,7 @@ def test_every_problem_is_reported_at_once_with_its_field_and_limit() -> None:
         {
             **BASE,
             "to": {"email": "not-an-address"},
-            "subject": "x" * (limits.MAX_SUBJECT_CHARS + 1),
+            "subject": "x" * (api_limits.MAX_SUBJECT_CHARS + 1),
             "cc": [{"email": f"cc{i}@example.com"} for i in range(101)],
             "custom_headers": {"Campaign": "spring"},
         }
@@ -179,7 +179,7 @@ addresses = st.builds(lambda lp, d: f"{lp}@{d}", local_part, domain)
 @settings(max_examples=200)
 @given(
     to=addresses,
-    name=st.none() | no_breaks.filter(lambda s: len(s) <= limits.MAX_NAME_CHARS),
+    name=st.none() | no_breaks.filter(lambda s: len(s) <= api_limits.MAX_NAME_CHARS),
     subject=no_breaks,
     body=st.text(min_size=1, max_size=200),
     header=st.none() | no_breaks,

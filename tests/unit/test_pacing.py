@@ -9,8 +9,13 @@ import time
 import pytest
 import redis
 
-from sendmux_dispatch.pacing import InProcessPacer, RedisPacer, key_fingerprint
-from sendmux_dispatch.ratelimit import Pacer, RateLimitState
+from sendmux_dispatch.pacing import (
+    InProcessPacer,
+    Pacer,
+    RateLimitState,
+    RedisPacer,
+    key_fingerprint,
+)
 
 # Timestamps are taken when acquire() returns, a little after the pacer granted
 # the slot (thread switches, GIL). Two grants exactly one window apart can
@@ -102,7 +107,7 @@ async def test_ceiling_holds_across_coroutines() -> None:
 
     async def hammer() -> None:
         while time.time() < deadline:
-            await pacer.acquire_async()
+            await pacer.aacquire()
             stamps.append(time.time())
 
     await asyncio.wait_for(asyncio.gather(*(hammer() for _ in range(40))), timeout=10)
@@ -121,7 +126,7 @@ async def test_waiting_does_not_block_the_event_loop() -> None:
 
     task = asyncio.create_task(ticker())
     for _ in range(3):  # the third waits ~0.4 s
-        await pacer.acquire_async()
+        await pacer.aacquire()
     task.cancel()
     assert ticks >= 10
 
@@ -134,7 +139,7 @@ def test_threads_and_coroutines_share_one_count() -> None:
     async def two_more() -> float:
         start = time.monotonic()
         for _ in range(3):
-            await pacer.acquire_async()
+            await pacer.aacquire()
         return time.monotonic() - start
 
     # 2 sync + 3 async = 5 > 4: the fifth waits for the window.
@@ -153,8 +158,39 @@ async def test_observe_exhausted_holds_async_acquirers_too() -> None:
     pacer = InProcessPacer(limit=50, window=1.0, headroom=0)
     pacer.observe(state(remaining=0, reset_in=0.3))
     start = time.monotonic()
-    await pacer.acquire_async()
+    await pacer.aacquire()
     assert 0.25 <= time.monotonic() - start < 0.8
+
+
+async def test_aobserve_and_apause_hold_async_acquirers() -> None:
+    pacer = InProcessPacer(limit=50, window=1.0, headroom=0)
+    await pacer.aobserve(state(remaining=0, reset_in=0.3))
+    start = time.monotonic()
+    await pacer.aacquire()
+    assert 0.25 <= time.monotonic() - start < 0.8
+    await pacer.apause(0.3)
+    start = time.monotonic()
+    await pacer.aacquire()
+    assert 0.25 <= time.monotonic() - start < 0.8
+
+
+async def test_aobserve_takes_out_requests_made_elsewhere() -> None:
+    pacer = InProcessPacer(limit=50, window=0.5, headroom=0)
+    await pacer.aobserve(state(remaining=5, reset_in=0.5))
+    start = time.monotonic()
+    for _ in range(5):
+        await pacer.aacquire()
+    assert time.monotonic() - start < 0.1
+    await pacer.aacquire()  # the sixth waits for the window
+    assert time.monotonic() - start >= 0.4
+
+
+async def test_acquire_async_is_still_the_old_name_of_aacquire() -> None:
+    pacer = InProcessPacer(limit=1, window=0.3, headroom=0)
+    await pacer.acquire_async()
+    start = time.monotonic()
+    await pacer.aacquire()  # the same count: the second waits for the window
+    assert time.monotonic() - start >= 0.2
 
 
 def test_pause_holds_acquirers() -> None:
@@ -269,4 +305,15 @@ def test_redis_outage_fails_acquire_but_not_observe() -> None:
     pacer.pause(0.01)
     with pytest.raises(redis.ConnectionError):
         pacer.acquire()
+    pacer.close()
+
+
+async def test_redis_outage_fails_aacquire_but_not_aobserve() -> None:
+    pacer = RedisPacer("redis://127.0.0.1:1/0", key_id="outage", limit=50, window=1, headroom=0)
+    await pacer.aobserve(state(remaining=5, reset_in=0.5))  # advisory: logs, does not raise
+    await pacer.aobserve(state(remaining=0, reset_in=0.01))
+    await pacer.apause(0.02)
+    with pytest.raises(redis.ConnectionError):
+        await pacer.aacquire()
+    await pacer.aclose()
     pacer.close()

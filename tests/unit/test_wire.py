@@ -21,7 +21,7 @@ from sendmux_dispatch import (
     wire_message_with,
     wire_messages,
 )
-from sendmux_dispatch.models import limits
+from sendmux_dispatch.models import api_limits
 
 MESSAGE: dict[str, Any] = {
     "from": {"email": "news@shop.example.com", "name": "Shop"},
@@ -94,7 +94,7 @@ def test_an_invalid_message_raises_the_models_error(
 
 
 def test_big_bodies_get_the_models_size_check() -> None:
-    huge = "x" * (limits.MAX_REQUEST_BYTES + 1)
+    huge = "x" * (api_limits.MAX_REQUEST_BYTES + 1)
     with pytest.raises(InvalidMessageError) as caught:
         wire_message({**MESSAGE, "html_body": huge})
     assert [issue.code for issue in caught.value.errors] == ["too_large"]

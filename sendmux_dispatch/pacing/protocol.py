@@ -1,4 +1,4 @@
-"""Rate-limit state read from response headers, and the protocol a pacer implements.
+"""The pacer protocol, and the rate-limit state read from response headers.
 
 The Sending API allows 1,800 requests per 60 s per key and reports where a key
 stands on every response (``X-RateLimit-Limit``, ``-Remaining``, ``-Reset``).
@@ -47,13 +47,24 @@ class RateLimitState:
 class Pacer(Protocol):
     """Keeps one API key under its request ceiling.
 
-    The client calls :meth:`acquire` (or :meth:`acquire_async`) before every
-    HTTP attempt to the Sending API, retries included, and :meth:`observe`
-    with the rate-limit state of every response.
+    Before every HTTP attempt to the Sending API, retries included,
+    :class:`~sendmux_dispatch.SendmuxClient` calls :meth:`acquire`; after every
+    response it calls :meth:`observe` with the rate-limit state, and after a
+    429 with a ``Retry-After`` it calls :meth:`pause` (capped at the retry
+    policy's ``max_retry_after``). :class:`~sendmux_dispatch.AsyncSendmuxClient`
+    awaits the twins instead: :meth:`aacquire`, :meth:`aobserve`, :meth:`apause`.
+    ``observe`` and ``pause`` are advisory: a pacer should log a storage outage
+    rather than raise, since the response has been received by then.
     """
 
     def acquire(self) -> None: ...
 
-    async def acquire_async(self) -> None: ...
+    async def aacquire(self) -> None: ...
 
     def observe(self, state: RateLimitState) -> None: ...
+
+    async def aobserve(self, state: RateLimitState) -> None: ...
+
+    def pause(self, seconds: float) -> None: ...
+
+    async def apause(self, seconds: float) -> None: ...
