@@ -560,6 +560,8 @@ _C = TypeVar("_C", SendmuxClient, AsyncSendmuxClient)
 
 
 class _DispatcherBase(Generic[_C]):
+    """A client and the :class:`DispatchOptions` every job run through it uses."""
+
     def __init__(self, client: _C, **options: Unpack[DispatchKwargs]) -> None:
         self.client: _C = client
         self.options = DispatchOptions(**options)
