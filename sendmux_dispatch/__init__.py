@@ -25,6 +25,7 @@ from sendmux_dispatch.client import (
 from sendmux_dispatch.dispatch import (
     AsyncDispatcher,
     Dispatcher,
+    DispatchKwargs,
     DispatchOptions,
     adispatch,
     dispatch,
@@ -92,7 +93,14 @@ from sendmux_dispatch.recipients import (
     read_csv,
     read_jsonl,
 )
-from sendmux_dispatch.report import DispatchReport, Failure, Progress, ResultWriter, StopCause
+from sendmux_dispatch.report import (
+    DispatchReport,
+    Failure,
+    Outcome,
+    Progress,
+    ResultWriter,
+    StopCause,
+)
 from sendmux_dispatch.retry import RetryPolicy
 
 __all__ = [
@@ -115,6 +123,7 @@ __all__ = [
     "ClientStats",
     "ConflictError",
     "DeliveryLog",
+    "DispatchKwargs",
     "DispatchOptions",
     "DispatchReport",
     "Dispatcher",
@@ -135,6 +144,7 @@ __all__ = [
     "Me",
     "Metrics",
     "NotFoundError",
+    "Outcome",
     "Pacer",
     "PayloadTooLargeError",
     "PermissionDeniedError",

@@ -18,9 +18,12 @@ The rules that make a job exactly-once within Sendmux's 24 h idempotency window:
   the same way (the circuit breaker); batches in flight are settled, what was
   not attempted is counted as ``not_sent``, so a fixed re-run completes it.
 
-The per-batch logic is written once, as a generator that yields what it needs
-done (send this batch, sleep this long); the blocking and the asyncio drivers
-only carry those steps out.
+The per-batch logic (``_batch_steps``) and the job loop (``_Job.steps``: the
+pre-flight checks, taking plan items, settling finished batches, stopping, the
+report) are each written once, as generators that yield what they need done
+(send this batch, sleep this long, start a batch, wait for one to end); the
+blocking and the asyncio drivers only carry those steps out, with a thread
+pool or with tasks.
 """
 
 from __future__ import annotations
@@ -29,11 +32,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Generator, Iterable, Iterator, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from threading import Lock
-from typing import Any, Generic, TypedDict, TypeVar
+from typing import Any, Generic, Literal, TypedDict, TypeVar
 
 from pydantic import BaseModel
 from typing_extensions import Unpack
@@ -59,6 +62,7 @@ from sendmux_dispatch.report import (
     DEFAULT_MAX_FAILURES,
     DispatchReport,
     Failure,
+    Outcome,
     Progress,
     ProgressCallback,
     ResultWriter,
@@ -69,6 +73,7 @@ from sendmux_dispatch.retry import LONG_WAIT_SECONDS, RetryPolicy
 __all__ = [
     "DEFAULT_MAX_CONSECUTIVE_FAILURES",
     "AsyncDispatcher",
+    "DispatchKwargs",
     "DispatchOptions",
     "Dispatcher",
     "adispatch",
@@ -205,7 +210,7 @@ class _Tally:
             return self._streak[1]
 
     def _fail(
-        self, position: int | None, email: str | None, code: str, message: str, status: str
+        self, position: int | None, email: str | None, code: str, message: str, status: Outcome
     ) -> None:
         self.report.add_failure(Failure(position, email, code, message))
         if self.writer is not None:
@@ -217,11 +222,13 @@ class _Tally:
         with self.lock:
             if isinstance(item, RecipientFailure):
                 self.report.invalid += 1
-                self._fail(item.position, item.email, item.code, item.reason, "invalid")
+                self._fail(item.position, item.email, item.code, item.reason, Outcome.INVALID)
             else:
                 self.report.duplicates_dropped += 1
                 if self.writer is not None:
-                    self.writer.write(position=item.position, email=item.email, status="duplicate")
+                    self.writer.write(
+                        position=item.position, email=item.email, status=Outcome.DUPLICATE
+                    )
 
     def items(self, batch: PlannedBatch, result: BatchResult, *, final: bool) -> list[int]:
         """Record a batch answer; return the indexes worth sending again."""
@@ -236,7 +243,7 @@ class _Tally:
                         self.writer.write(
                             position=recipient.position,
                             email=recipient.email,
-                            status="queued",
+                            status=Outcome.QUEUED,
                             message_id=item.message_id,
                         )
                     continue
@@ -249,22 +256,22 @@ class _Tally:
                 else:
                     code = item.error.code if item.error else "failed"
                     message = item.error.message if item.error else "failed"
-                self._fail(recipient.position, recipient.email, code, message, "failed")
+                self._fail(recipient.position, recipient.email, code, message, Outcome.FAILED)
             self.messages_done += len(batch) - len(resend)
         return resend
 
-    def whole_batch(self, batch: PlannedBatch, outcome: str, error: SendmuxError) -> None:
+    def whole_batch(self, batch: PlannedBatch, outcome: Outcome, error: SendmuxError) -> None:
         """Every item of ``batch`` ends the same way (already_accepted, failed, not_sent)."""
         issues = _issues_by_index(error) if isinstance(error, ValidationError) else {}
         with self.lock:
-            if outcome == "already_accepted":
+            if outcome is Outcome.ALREADY_ACCEPTED:
                 self.report.already_accepted += len(batch)
-            elif outcome == "not_sent":
+            elif outcome is Outcome.NOT_SENT:
                 self.report.not_sent += len(batch)
             else:
                 self.report.failed += len(batch)
             for index, recipient in enumerate(batch.recipients):
-                if outcome == "already_accepted":
+                if outcome is Outcome.ALREADY_ACCEPTED:
                     if self.writer is not None:
                         self.writer.write(
                             position=recipient.position, email=recipient.email, status=outcome
@@ -298,7 +305,7 @@ def _issues_by_index(error: ValidationError) -> dict[int, str]:
 
 
 def _batch_steps(
-    batch: PlannedBatch, tally: _Tally, options: _Options, policy: RetryPolicy
+    batch: PlannedBatch, tally: _Tally, options: DispatchOptions, policy: RetryPolicy
 ) -> _Steps:
     """The life of one planned batch, as the steps a driver must carry out."""
     current = batch
@@ -308,20 +315,20 @@ def _batch_steps(
         if isinstance(outcome, IdempotencyConflictError) and not outcome.retryable:
             # The key already carried an accepted request for this work.
             tally.failure_streak(None)
-            tally.whole_batch(current, "already_accepted", outcome)
+            tally.whole_batch(current, Outcome.ALREADY_ACCEPTED, outcome)
             return
         if isinstance(outcome, _JOB_STOPPERS):
-            tally.whole_batch(current, "not_sent", outcome)
+            tally.whole_batch(current, Outcome.NOT_SENT, outcome)
             raise _StopJob(
                 outcome, "credits" if isinstance(outcome, InsufficientCreditsError) else "auth"
             )
         if isinstance(outcome, SendmuxError) and policy.waits_too_long(outcome):
             # The client raised at once (message says when to retry): the
             # other batches would meet the same wait, so the job stops.
-            tally.whole_batch(current, "not_sent", outcome)
+            tally.whole_batch(current, Outcome.NOT_SENT, outcome)
             raise _StopJob(outcome, "rate_limited")
         if isinstance(outcome, SendmuxError):
-            tally.whole_batch(current, "failed", outcome)
+            tally.whole_batch(current, Outcome.FAILED, outcome)
             streak = tally.failure_streak(outcome)
             limit = options.max_consecutive_failures
             if limit and streak >= limit:
@@ -352,35 +359,28 @@ def _batch_steps(
         current = current.subset(resend, attempt)
 
 
-class DispatchOptions(TypedDict, total=False):
-    """How a job is sent; every key is optional (defaults in brackets).
+@dataclass(frozen=True, kw_only=True)
+class DispatchOptions:
+    """How a job is sent: the keyword arguments of :func:`dispatch` and :class:`Dispatcher`.
 
-    ``concurrency`` batches in flight [4]; ``pacer`` keeps the key under its
-    ceiling [the client's own]; ``on_progress`` is called after every batch;
-    ``max_failures`` kept in the report, the rest counted [100];
-    ``results_path`` gets one JSON line per recipient; ``max_resends`` of the
-    failed-and-retryable items of a batch [3]; ``preflight`` checks the key's
-    permission and the balance first [False]; ``dedupe`` drops repeated
-    addresses [True]; ``per_message_keys`` also sends per-message keys [False];
-    ``max_consecutive_failures`` batches in a row failing the same way (5xx,
-    connection errors, 429s, after the client's retries) stop the job with
-    ``stop_cause == "outage"`` [5; 0 disables the breaker].
+    * ``concurrency``: batches in flight at most (at least 1).
+    * ``pacer``: keeps the key under its request ceiling; ``None``: the client's own.
+    * ``on_progress``: called with a :class:`~sendmux_dispatch.report.Progress`
+      after every batch.
+    * ``max_failures``: failures kept in the report with recipient and reason;
+      the rest are only counted.
+    * ``results_path``: a file that gets one JSON line per recipient.
+    * ``max_resends``: how often the failed-and-retryable items of a batch are
+      sent again (0 or more).
+    * ``preflight``: check the key's ``email.send`` permission and the balance
+      before anything is sent.
+    * ``dedupe``: drop repeated addresses (reported as duplicates).
+    * ``per_message_keys``: also send a key per message.
+    * ``max_consecutive_failures``: batches in a row failing the same way (5xx,
+      connection errors, 429s, after the client's retries) stop the job with
+      ``stop_cause == "outage"``; 0 disables the breaker.
     """
 
-    concurrency: int
-    pacer: Pacer | None
-    on_progress: ProgressCallback | None
-    max_failures: int
-    results_path: str | Path | None
-    max_resends: int
-    preflight: bool
-    dedupe: bool
-    per_message_keys: bool
-    max_consecutive_failures: int
-
-
-@dataclass(kw_only=True)
-class _Options:
     concurrency: int = 4
     pacer: Pacer | None = None
     on_progress: ProgressCallback | None = None
@@ -401,13 +401,170 @@ class _Options:
             raise ValueError("max_consecutive_failures must be 0 (no breaker) or more")
 
 
+class DispatchKwargs(TypedDict, total=False):
+    """:class:`DispatchOptions` as ``**options``, so mypy checks each keyword.
+
+    Names and types only (a TypedDict cannot be derived from a dataclass
+    statically); ``tests/unit/test_dispatch_options.py`` holds the two equal.
+    """
+
+    concurrency: int
+    pacer: Pacer | None
+    on_progress: ProgressCallback | None
+    max_failures: int
+    results_path: str | Path | None
+    max_resends: int
+    preflight: bool
+    dedupe: bool
+    per_message_keys: bool
+    max_consecutive_failures: int
+
+
+# What the job loop (``_Job.steps``) needs done; each driver carries these out
+# its own way (threads or asyncio tasks), as it does a batch's ``_Send``/``_Sleep``.
+
+
+@dataclass(frozen=True, slots=True)
+class _Fetch:
+    """Read the key's ``me`` or the team's ``balance``: the reply is it or the error."""
+
+    what: Literal["me", "balance"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Submit:
+    """Start driving ``batch`` (its ``_batch_steps``) without waiting; the reply is ``None``."""
+
+    batch: PlannedBatch
+
+
+@dataclass(frozen=True, slots=True)
+class _Await:
+    """Wait for the first batch in flight to end (or all of them, ``every``).
+
+    The reply lists, for each batch that ended, what it raised (``None``: nothing).
+    """
+
+    every: bool
+
+
+_JobStep = _Fetch | _Submit | _Await
+_JobReply = Me | Balance | SendmuxError | list[BaseException | None] | None
+_JobSteps = Generator[_JobStep, _JobReply, DispatchReport]
+
+
+class _Job:
+    """One run of a job: everything both drivers share, from planning to the report.
+
+    A batch's life, and where each stage happens (the seams a ledger hooks into):
+    *planned* (``steps`` takes it from the plan), *about to be sent* and
+    *answered* (around ``yield _Send`` in ``_batch_steps``), *settled* (the
+    ``_Tally`` calls in ``_batch_steps``, then ``_settle`` here when its driver
+    reports it ended). Rows that stop short of a batch (invalid, duplicate) are
+    settled by ``_Tally.plan_item`` as the plan yields them.
+    """
+
+    def __init__(
+        self,
+        options: DispatchOptions,
+        template: Template,
+        recipients: Iterable[object],
+        *,
+        job_key: str,
+        interruptible: bool,
+    ) -> None:
+        self.options = options
+        self.job_key = job_key
+        # The blocking driver settles on the first Ctrl-C; in asyncio a
+        # KeyboardInterrupt is not ours to absorb (cancellation is the stop).
+        self.interruptible = interruptible
+        self.source = _Source(recipients)
+        self.plan = plan_batches(
+            template,
+            self.source,
+            job_key=job_key,
+            dedupe=options.dedupe,
+            per_message_keys=options.per_message_keys,
+        )
+        self.tally: _Tally | None = None
+        self.stop: _StopJob | None = None
+        self.in_flight = 0
+        self.batches_done = 0
+
+    def steps(self) -> _JobSteps:
+        """The job loop, as the steps a driver must carry out; returns the report."""
+        options = self.options
+        if options.preflight:
+            me = yield _Fetch("me")
+            if isinstance(me, SendmuxError):
+                raise me
+            _preflight_checks(me, (yield _Fetch("balance")))
+        # Opened after the pre-flight checks: a refused key leaves no results file.
+        self.tally = tally = _Tally(
+            self.job_key, options.max_failures, options.results_path, time.monotonic()
+        )
+        held: PlannedBatch | None = None
+        try:
+            for item in self.plan:
+                if not isinstance(item, PlannedBatch):
+                    tally.plan_item(item)
+                    continue
+                held = item
+                if self.in_flight >= options.concurrency:
+                    self._settle((yield _Await(every=False)))
+                # Checked after the wait: the batch that freed the slot may have hit 401.
+                self.stop = self.stop or self.source.stop
+                if self.stop is not None:
+                    tally.whole_batch(item, Outcome.NOT_SENT, self.stop.error)
+                else:
+                    yield _Submit(item)
+                    self.in_flight += 1
+                held = None
+        except KeyboardInterrupt:
+            if not self.interruptible:
+                raise
+            self.stop = self.stop or _interrupted_stop()
+            if held is not None:
+                tally.whole_batch(held, Outcome.NOT_SENT, self.stop.error)
+            if self.in_flight:
+                logger.warning(
+                    "interrupted: waiting for %d batches in flight (interrupt again to "
+                    "abandon them)",
+                    self.in_flight,
+                )
+        self.stop = self.stop or self.source.stop
+        # A KeyboardInterrupt while waiting here propagates: the driver abandons them.
+        self._settle((yield _Await(every=True)))
+        return _finish(tally, self.plan.stats.recipients, self.plan.stats.batches, self.stop)
+
+    def _settle(self, ended: _JobReply) -> None:
+        assert isinstance(ended, list)
+        assert self.tally is not None
+        self.in_flight -= len(ended)
+        for error in ended:
+            if isinstance(error, _StopJob):
+                self.stop = self.stop or error
+            elif error is not None:
+                raise error
+            self.batches_done += 1
+            if self.options.on_progress is not None:
+                self.options.on_progress(self.tally.progress(self.batches_done))
+
+    def close(self) -> None:
+        """Close the results file; drivers call it once no batch of theirs can write."""
+        if self.tally is not None and self.tally.writer is not None:
+            self.tally.writer.close()
+
+
 _C = TypeVar("_C", SendmuxClient, AsyncSendmuxClient)
 
 
 class _DispatcherBase(Generic[_C]):
-    def __init__(self, client: _C, **options: Unpack[DispatchOptions]) -> None:
+    """A client and the :class:`DispatchOptions` every job run through it uses."""
+
+    def __init__(self, client: _C, **options: Unpack[DispatchKwargs]) -> None:
         self.client: _C = client
-        self.options = _Options(**options)
+        self.options = DispatchOptions(**options)
 
 
 class Dispatcher(_DispatcherBase[SendmuxClient]):
@@ -426,66 +583,43 @@ class Dispatcher(_DispatcherBase[SendmuxClient]):
     def run(
         self, template: Template, recipients: Iterable[object], *, job_key: str
     ) -> DispatchReport:
-        options, client = self.options, self.client
-        source = _Source(recipients)
-        plan = plan_batches(
-            template,
-            source,
-            job_key=job_key,
-            dedupe=options.dedupe,
-            per_message_keys=options.per_message_keys,
-        )
-        if options.preflight:
-            _preflight_checks(client.me(), _readable_balance(client))
-        tally = _Tally(job_key, options.max_failures, options.results_path, time.monotonic())
-        batches_done = 0
-        stop: _StopJob | None = None
-        pool = ThreadPoolExecutor(options.concurrency, thread_name_prefix="sendmux")
+        job = _Job(self.options, template, recipients, job_key=job_key, interruptible=True)
+        pool = ThreadPoolExecutor(self.options.concurrency, thread_name_prefix="sendmux")
         in_flight: set[Future[None]] = set()
 
-        def settle(done: set[Future[None]]) -> None:
-            nonlocal batches_done, stop
-            for future in done:
-                error = future.exception()
-                if isinstance(error, _StopJob):
-                    stop = stop or error
-                elif error is not None:
-                    raise error
-                batches_done += 1
-                if options.on_progress is not None:
-                    options.on_progress(tally.progress(batches_done))
-
-        held: PlannedBatch | None = None
-        try:
+        def carry_out(step: _JobStep) -> _JobReply:
+            nonlocal in_flight
+            if isinstance(step, _Submit):
+                assert job.tally is not None
+                in_flight.add(pool.submit(self._drive, step.batch, job.tally))
+                return None
+            if isinstance(step, _Await):
+                done, in_flight = wait(
+                    in_flight, return_when=ALL_COMPLETED if step.every else FIRST_COMPLETED
+                )
+                return [future.exception() for future in done]
             try:
-                for item in plan:
-                    if not isinstance(item, PlannedBatch):
-                        tally.plan_item(item)
-                        continue
-                    held = item
-                    if len(in_flight) >= options.concurrency:
-                        done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                        settle(done)
-                    # Checked after the wait: the batch that freed the slot may have hit 401.
-                    stop = stop or source.stop
-                    if stop is not None:
-                        tally.whole_batch(item, "not_sent", stop.error)
+                return self.client.me() if step.what == "me" else self.client.balance()
+            except SendmuxError as exc:
+                return exc
+
+        def carry_out_all(steps: _JobSteps) -> DispatchReport:
+            try:
+                step = next(steps)
+                while True:
+                    try:
+                        reply = carry_out(step)
+                    except KeyboardInterrupt as exc:
+                        # The job loop decides: the first one settles, a later one propagates.
+                        step = steps.throw(exc)
                     else:
-                        in_flight.add(pool.submit(self._drive, item, tally))
-                    held = None
-            except KeyboardInterrupt:
-                stop = stop or _interrupted_stop()
-                if held is not None:
-                    tally.whole_batch(held, "not_sent", stop.error)
-                if in_flight:
-                    logger.warning(
-                        "interrupted: waiting for %d batches in flight (interrupt again to "
-                        "abandon them)",
-                        len(in_flight),
-                    )
-            stop = stop or source.stop
-            # A second KeyboardInterrupt here propagates: the caller abandons them.
-            settle(wait(in_flight).done)
+                        step = steps.send(reply)
+            except StopIteration as end:
+                report: DispatchReport = end.value
+                return report
+
+        try:
+            report = carry_out_all(job.steps())
         except KeyboardInterrupt:
             # The second one: abandon the batches in flight, do not wait for them.
             pool.shutdown(wait=False, cancel_futures=True)
@@ -496,9 +630,8 @@ class Dispatcher(_DispatcherBase[SendmuxClient]):
         else:
             pool.shutdown(wait=True)
         finally:
-            if tally.writer is not None:
-                tally.writer.close()
-        return _finish(tally, plan.stats.recipients, plan.stats.batches, stop)
+            job.close()
+        return report
 
     def _drive(self, batch: PlannedBatch, tally: _Tally) -> None:
         steps = _batch_steps(batch, tally, self.options, self.client.retry)
@@ -538,54 +671,35 @@ class AsyncDispatcher(_DispatcherBase[AsyncSendmuxClient]):
     async def run(
         self, template: Template, recipients: Iterable[object], *, job_key: str
     ) -> DispatchReport:
-        options, client = self.options, self.client
-        source = _Source(recipients)
-        plan = plan_batches(
-            template,
-            source,
-            job_key=job_key,
-            dedupe=options.dedupe,
-            per_message_keys=options.per_message_keys,
-        )
-        if options.preflight:
-            _preflight_checks(await client.me(), await _areadable_balance(client))
-        tally = _Tally(job_key, options.max_failures, options.results_path, time.monotonic())
-        batches_done = 0
-        stop: _StopJob | None = None
+        job = _Job(self.options, template, recipients, job_key=job_key, interruptible=False)
         in_flight: set[asyncio.Task[None]] = set()
 
-        def settle(done: set[asyncio.Task[None]]) -> None:
-            nonlocal batches_done, stop
-            for task in done:
-                error = task.exception()
-                if isinstance(error, _StopJob):
-                    stop = stop or error
-                elif error is not None:
-                    raise error
-                batches_done += 1
-                if options.on_progress is not None:
-                    options.on_progress(tally.progress(batches_done))
+        async def carry_out(step: _JobStep) -> _JobReply:
+            nonlocal in_flight
+            if isinstance(step, _Submit):
+                assert job.tally is not None
+                in_flight.add(asyncio.ensure_future(self._drive(step.batch, job.tally)))
+                return None
+            if isinstance(step, _Await):
+                if not in_flight:  # asyncio.wait refuses an empty set
+                    return []
+                done, in_flight = await asyncio.wait(
+                    in_flight,
+                    return_when=asyncio.ALL_COMPLETED if step.every else asyncio.FIRST_COMPLETED,
+                )
+                return [task.exception() for task in done]
+            try:
+                return await (self.client.me() if step.what == "me" else self.client.balance())
+            except SendmuxError as exc:
+                return exc
 
+        steps = job.steps()
         try:
-            for item in plan:
-                if isinstance(item, PlannedBatch):
-                    if len(in_flight) >= options.concurrency:
-                        done, in_flight = await asyncio.wait(
-                            in_flight, return_when=asyncio.FIRST_COMPLETED
-                        )
-                        settle(done)
-                    # Checked after the wait: the batch that freed the slot may have hit 401.
-                    stop = stop or source.stop
-                    if stop is not None:
-                        tally.whole_batch(item, "not_sent", stop.error)
-                        continue
-                    in_flight.add(asyncio.ensure_future(self._drive(item, tally)))
-                else:
-                    tally.plan_item(item)
-            stop = stop or source.stop
-            if in_flight:
-                done, _ = await asyncio.wait(in_flight)
-                settle(done)
+            step = next(steps)
+            while True:
+                step = steps.send(await carry_out(step))
+        except StopIteration as end:
+            report: DispatchReport = end.value
         finally:
             pending = [task for task in in_flight if not task.done()]
             for task in pending:
@@ -595,9 +709,8 @@ class AsyncDispatcher(_DispatcherBase[AsyncSendmuxClient]):
                     # Unwound before we return or re-raise: no request outlives the job.
                     await asyncio.gather(*pending, return_exceptions=True)
             finally:
-                if tally.writer is not None:
-                    tally.writer.close()
-        return _finish(tally, plan.stats.recipients, plan.stats.batches, stop)
+                job.close()
+        return report
 
     async def _drive(self, batch: PlannedBatch, tally: _Tally) -> None:
         steps = _batch_steps(batch, tally, self.options, self.client.retry)
@@ -640,44 +753,28 @@ def _finish(
         report.stop_cause = stop.cause
         # Rows the planner had read but not yet batched when an interrupt tore
         # it: never attempted, and every row read must end in one outcome.
-        accounted = (
-            report.queued
-            + report.failed
-            + report.invalid
-            + report.duplicates_dropped
-            + report.already_accepted
-            + report.not_sent
-        )
+        accounted = sum(report.count(outcome) for outcome in Outcome)
         report.not_sent += max(0, recipients - accounted)
     return report
 
 
-def _preflight_checks(me: Me, balance: Balance | None) -> None:
+def _preflight_checks(me: _JobReply, balance: _JobReply) -> None:
+    assert isinstance(me, Me)
+    if isinstance(balance, (PermissionDeniedError, AuthenticationError)):
+        # Send-only keys cannot read billing; the check is skipped rather than failed.
+        balance = None
+    elif isinstance(balance, SendmuxError):
+        raise balance
     if not me.has_permission("email.send"):
         raise PermissionDeniedError(
             f"the API key '{me.label}' lacks the email.send permission; nothing was sent",
             code="insufficient_permissions",
         )
-    if balance is not None and balance.balance <= 0:
+    if isinstance(balance, Balance) and balance.balance <= 0:
         raise InsufficientCreditsError(
             f"the team's balance is {balance.balance} {balance.currency}; nothing was sent",
             code="insufficient_credits",
         )
-
-
-def _readable_balance(client: SendmuxClient) -> Balance | None:
-    # Send-only keys cannot read billing; the check is skipped rather than failed.
-    try:
-        return client.balance()
-    except (PermissionDeniedError, AuthenticationError):
-        return None
-
-
-async def _areadable_balance(client: AsyncSendmuxClient) -> Balance | None:
-    try:
-        return await client.balance()
-    except (PermissionDeniedError, AuthenticationError):
-        return None
 
 
 def dispatch(
@@ -686,7 +783,7 @@ def dispatch(
     recipients: Iterable[object],
     *,
     job_key: str,
-    **options: Unpack[DispatchOptions],
+    **options: Unpack[DispatchKwargs],
 ) -> DispatchReport:
     """Send ``template`` to every recipient, in idempotent batches; return the report.
 
@@ -695,7 +792,8 @@ def dispatch(
     read lazily. Invalid recipients are reported, never raised; the job stops
     early (``report.stop_cause``) on 401/403 and 402, a Retry-After beyond the
     retry policy, an :class:`~sendmux_dispatch.errors.InputError` from the
-    source, Ctrl-C, and the circuit breaker. ``options`` are :class:`DispatchOptions`.
+    source, Ctrl-C, and the circuit breaker. ``options`` are :class:`DispatchOptions`'
+    fields.
     """
     return Dispatcher(client, **options).run(template, recipients, job_key=job_key)
 
@@ -706,7 +804,7 @@ async def adispatch(
     recipients: Iterable[object],
     *,
     job_key: str,
-    **options: Unpack[DispatchOptions],
+    **options: Unpack[DispatchKwargs],
 ) -> DispatchReport:
     """The asyncio twin of :func:`dispatch`."""
     return await AsyncDispatcher(client, **options).run(template, recipients, job_key=job_key)

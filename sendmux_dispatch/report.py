@@ -13,7 +13,10 @@ Every recipient read from the source ends in exactly one outcome::
 - ``duplicates_dropped``: the same address appeared earlier in the list;
 - ``already_accepted``: the server said the batch's key was already used for
   this work (``idempotency_conflict`` on a replay): sent before, not again;
-- ``not_sent``: never attempted because the job stopped early (401, 403, 402).
+- ``not_sent``: never attempted because the job stopped early (``stop_cause``).
+
+:class:`Outcome` names these; its values are the ``status`` of a line in the
+results file (``duplicate`` there, ``duplicates_dropped`` in the report).
 
 Failures are kept with recipient, code and message up to a cap; beyond it they
 are only counted. Full per-recipient results can be streamed to a file instead.
@@ -25,12 +28,14 @@ import json
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import IO, Any, Literal
 
 __all__ = [
     "DispatchReport",
     "Failure",
+    "Outcome",
     "Progress",
     "ProgressCallback",
     "ResultWriter",
@@ -43,6 +48,31 @@ __all__ = [
 #: breaker), ``input`` the recipient source could not be read on, ``interrupted``
 #: Ctrl-C or a caller's stop, ``ledger`` the ledger could not be reached.
 StopCause = Literal["auth", "credits", "rate_limited", "outage", "input", "interrupted", "ledger"]
+
+
+class Outcome(str, Enum):
+    """How one recipient ended: the ``status`` of its line in the results file.
+
+    A ``str`` (``Outcome.QUEUED == "queued"``, JSON writes the value), so results
+    files read the same as before the enum existed.
+    """
+
+    QUEUED = "queued"
+    FAILED = "failed"
+    INVALID = "invalid"
+    DUPLICATE = "duplicate"
+    ALREADY_ACCEPTED = "already_accepted"
+    NOT_SENT = "not_sent"
+
+    def __str__(self) -> str:
+        # As StrEnum (3.11+) does: f-strings and str() give the value, not "Outcome.QUEUED".
+        return self.value
+
+    @property
+    def counter(self) -> str:
+        """The :class:`DispatchReport` field that counts this outcome."""
+        return "duplicates_dropped" if self is Outcome.DUPLICATE else self.value
+
 
 #: Failures kept in a report by default; the rest are counted.
 DEFAULT_MAX_FAILURES = 100
@@ -105,6 +135,10 @@ class DispatchReport:
         """True when every recipient was queued or deliberately skipped (duplicates, replays)."""
         return not (self.failed or self.invalid or self.not_sent or self.stopped_reason)
 
+    def count(self, outcome: Outcome) -> int:
+        """How many recipients ended with ``outcome``."""
+        return int(getattr(self, outcome.counter))
+
     def add_failure(self, failure: Failure) -> None:
         if len(self.failures) < self.max_failures:
             self.failures.append(failure)
@@ -148,12 +182,7 @@ class DispatchReport:
         """Add another report's counts to this one (a Celery job sums its batch reports)."""
         for name in (
             "total",
-            "queued",
-            "failed",
-            "invalid",
-            "duplicates_dropped",
-            "already_accepted",
-            "not_sent",
+            *(outcome.counter for outcome in Outcome),
             "batches",
             "requests",
             "retries",
