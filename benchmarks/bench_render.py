@@ -62,7 +62,7 @@ from _common import (  # the helpers sit beside this script
     write_section,
 )
 
-from sendmux_dispatch import PlannedBatch, plan_batches
+from sendmux_dispatch.batching import PlannedBatch, plan_batches
 from sendmux_dispatch.models import api_limits
 
 SECTION = "render"

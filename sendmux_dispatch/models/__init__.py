@@ -1,6 +1,15 @@
 """Pydantic models of the Sendmux API's requests and responses (wire shape, snake_case)."""
 
 from sendmux_dispatch.models import api_limits
+from sendmux_dispatch.models._wire import (
+    WireAddress,
+    WireMessage,
+    batch_body,
+    encode_message,
+    wire_message,
+    wire_message_with,
+    wire_messages,
+)
 from sendmux_dispatch.models.message import (
     Address,
     AddressError,
@@ -31,15 +40,6 @@ from sendmux_dispatch.models.responses import (
     MetricsPoint,
     SendResult,
     Team,
-)
-from sendmux_dispatch.models.wire import (
-    WireAddress,
-    WireMessage,
-    batch_body,
-    encode_message,
-    wire_message,
-    wire_message_with,
-    wire_messages,
 )
 
 __all__ = [

@@ -20,28 +20,29 @@ import pytest
 from sendmux_dispatch import (
     APIError,
     AuthenticationError,
-    BadRequestError,
-    ClientStats,
     EmailMessage,
-    IdempotencyConflictError,
     InvalidMessageError,
-    NotFoundError,
-    PayloadTooLargeError,
     PermissionDeniedError,
-    PlannedBatch,
     RateLimitError,
     ServerError,
     ServiceUnavailableError,
     TransportError,
-    ValidationError,
-    plan_batches,
 )
+from sendmux_dispatch.batching import PlannedBatch, plan_batches
 from sendmux_dispatch.client import (
     DEFAULT_MANAGEMENT_URL,
     DEFAULT_SENDING_URL,
     AsyncSendmuxClient,
+    ClientStats,
     SendmuxClient,
     _Call,
+)
+from sendmux_dispatch.errors import (
+    BadRequestError,
+    IdempotencyConflictError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ValidationError,
 )
 from sendmux_dispatch.models import api_limits, batch_body, wire_message
 from sendmux_dispatch.pacing import RateLimitState

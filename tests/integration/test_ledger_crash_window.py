@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from sendmux_dispatch import IdempotencyConflictError, Intent, SqliteLedger
-from sendmux_dispatch.ledger import recipient_digest
+from sendmux_dispatch import SqliteLedger
+from sendmux_dispatch.errors import IdempotencyConflictError
+from sendmux_dispatch.ledger import Intent, recipient_digest
 from sendmux_dispatch.recipients import normalize_email
 
 JOB = "crash-window"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from sendmux_dispatch import Intent, Ledger, LedgerUnavailableError, RedisLedger
-from sendmux_dispatch.ledger import recipient_digest
+from sendmux_dispatch import Ledger, LedgerUnavailableError, RedisLedger
+from sendmux_dispatch.ledger import Intent, recipient_digest
 
 pytestmark = pytest.mark.redis
 

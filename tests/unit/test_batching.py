@@ -13,23 +13,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sendmux_dispatch import (
-    Attachment,
+from sendmux_dispatch import Attachment, InvalidMessageError, Recipient, RecipientFailure
+from sendmux_dispatch.batching import (
+    DigestSet,
     Duplicate,
-    InvalidMessageError,
-    Personalizer,
     PlannedBatch,
-    Recipient,
-    RecipientFailure,
-    batch_body,
     batch_idempotency_key,
     job_key_for,
     message_idempotency_key,
+    message_size_bound,
     plan_batches,
-    wire_message,
 )
-from sendmux_dispatch.batching import DigestSet, message_size_bound
-from sendmux_dispatch.models import api_limits
+from sendmux_dispatch.models import api_limits, batch_body, wire_message
+from sendmux_dispatch.personalize import Personalizer
 
 KEY = re.compile(api_limits.IDEMPOTENCY_KEY_PATTERN)
 

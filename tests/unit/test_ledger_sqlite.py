@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sendmux_dispatch import Intent, Ledger, LedgerUnavailableError, SendmuxError, SqliteLedger
-from sendmux_dispatch.ledger import recipient_digest
+from sendmux_dispatch import Ledger, LedgerUnavailableError, SendmuxError, SqliteLedger
+from sendmux_dispatch.ledger import Intent, recipient_digest
 from sendmux_dispatch.recipients import normalize_email
 
 JOB = "newsletter/2026-12"

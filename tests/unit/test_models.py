@@ -10,14 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sendmux_dispatch import (
-    Address,
-    Attachment,
-    BatchRequest,
-    EmailMessage,
-    InvalidMessageError,
-)
-from sendmux_dispatch.models import api_limits
+from sendmux_dispatch import Address, Attachment, EmailMessage, InvalidMessageError
+from sendmux_dispatch.models import BatchRequest, api_limits
 
 BASE = {
     "from": {"email": "reports@example.com", "name": "Reports"},

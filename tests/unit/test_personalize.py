@@ -10,10 +10,10 @@ from sendmux_dispatch import (
     Attachment,
     EmailMessage,
     InvalidMessageError,
-    Personalizer,
     Recipient,
     RecipientFailure,
 )
+from sendmux_dispatch.personalize import Personalizer
 
 TEMPLATE: dict[str, Any] = {
     "from": {"email": "news@example.com", "name": "Shop"},

@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from sendmux_dispatch import Personalizer, Recipient, RecipientFailure, dispatch
+from sendmux_dispatch import Recipient, RecipientFailure, dispatch
 from sendmux_dispatch.client import SendmuxClient
 from sendmux_dispatch.errors import InvalidMessageError
+from sendmux_dispatch.personalize import Personalizer
 from sendmux_dispatch.recipients import recipient_from_mapping
 
 TEMPLATE: dict[str, Any] = {

@@ -9,19 +9,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sendmux_dispatch import (
-    Attachment,
+from sendmux_dispatch import Attachment, EmailMessage, InvalidMessageError
+from sendmux_dispatch.models import (
     BatchRequest,
-    EmailMessage,
-    InvalidMessageError,
     WireMessage,
+    api_limits,
     batch_body,
     encode_message,
     wire_message,
     wire_message_with,
     wire_messages,
 )
-from sendmux_dispatch.models import api_limits
 
 MESSAGE: dict[str, Any] = {
     "from": {"email": "news@shop.example.com", "name": "Shop"},

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.util import WindowStats
 
-from sendmux_dispatch.pacing.protocol import RateLimitState
+from sendmux_dispatch.pacing._protocol import RateLimitState
 from sendmux_dispatch.retry import LONG_WAIT_SECONDS
 
 __all__ = ["BasePacer"]

@@ -34,7 +34,7 @@ from limits.strategies import MovingWindowRateLimiter
 from limits.util import WindowStats
 
 from sendmux_dispatch.models.api_limits import RATE_WINDOW_SECONDS, SENDING_REQUESTS_PER_WINDOW
-from sendmux_dispatch.pacing.algorithm import BasePacer
+from sendmux_dispatch.pacing._algorithm import BasePacer
 
 if TYPE_CHECKING:
     import redis
