@@ -20,10 +20,12 @@ if TYPE_CHECKING:
         SendmuxHook,
         SendmuxSettings,
     )
+    from sendmux_airflow.operators.send_email import SendmuxSendEmailOperator
 
 __all__ = [
     "SendmuxConnectionError",
     "SendmuxHook",
+    "SendmuxSendEmailOperator",
     "SendmuxSettings",
     "__version__",
 ]
@@ -32,6 +34,7 @@ _LAZY = {
     "SendmuxConnectionError": "sendmux_airflow.hooks.sendmux",
     "SendmuxHook": "sendmux_airflow.hooks.sendmux",
     "SendmuxSettings": "sendmux_airflow.hooks.sendmux",
+    "SendmuxSendEmailOperator": "sendmux_airflow.operators.send_email",
 }
 
 

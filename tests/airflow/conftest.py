@@ -23,12 +23,13 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="sendmux-airflow-home-"))
+DAGS_FOLDER = Path(__file__).resolve().parent / "dags"
 
 _ENV = {
     "AIRFLOW_HOME": str(AIRFLOW_HOME),
     "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{AIRFLOW_HOME / 'airflow.db'}",
     "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-    "AIRFLOW__CORE__DAGS_FOLDER": str(AIRFLOW_HOME / "dags"),
+    "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
     "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
     "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
 }
@@ -91,3 +92,20 @@ def sendmux_connection(sandbox: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
 
     set_connection()
     return set_connection
+
+
+@pytest.fixture
+def test_dags(airflow_db: Path, sandbox: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The DAGs of ``dags/sendmux_test_dags.py`` by id, imported as the dags folder has them."""
+    import importlib.util
+
+    monkeypatch.setenv("SENDMUX_TEST_SANDBOX_URL", sandbox.base_url)
+    path = DAGS_FOLDER / "sendmux_test_dags.py"
+    spec = importlib.util.spec_from_file_location("sendmux_test_dags", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from airflow.sdk import DAG
+
+    return {dag.dag_id: dag for dag in vars(module).values() if isinstance(dag, DAG)}
