@@ -9,13 +9,13 @@ Tests elsewhere never import Airflow, so they do not pay for it.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ _ENV = {
     "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
 }
 os.environ.update(_ENV)
+atexit.register(shutil.rmtree, AIRFLOW_HOME, ignore_errors=True)
 
 
 def airflow_env(**extra: str) -> dict[str, str]:
@@ -53,12 +54,6 @@ def run_airflow(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
         timeout=240,
         check=False,
     )
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _airflow_home() -> Iterator[Path]:
-    yield AIRFLOW_HOME
-    shutil.rmtree(AIRFLOW_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,19 @@ def _xcom(dag_id: str, run_id: str, task_id: str) -> Any:
         return row.value
 
 
+def _rendered_fields(dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = (
+            session.query(RenderedTaskInstanceFields)
+            .filter_by(dag_id=dag_id, run_id=run_id, task_id=task_id)
+            .one()
+        )
+        return dict(row.rendered_fields)
+
+
 def _task_state(dagrun: Any, task_id: str) -> tuple[str, int]:
     ti = dagrun.get_task_instance(task_id)
     return str(ti.state), int(ti.try_number)
@@ -53,6 +66,10 @@ def test_send_email_task_mails_each_recipient_once_and_returns_the_summary(
     assert summary["ok"] is True
     assert summary["job_key"] == f"sendmux_send_email_test/send/{dagrun.run_id}/-1"
     assert sandbox.api_key not in json.dumps(summary)
+    rendered = _rendered_fields(dag.dag_id, dagrun.run_id, "send")
+    assert rendered["html_body"].startswith("<p>Total for 20")  # the .html file, rendered
+    assert rendered["html_body"].rstrip().endswith(": 42</p>")
+    assert sandbox.api_key not in json.dumps(rendered)
 
     out = capfd.readouterr()
     log = out.out + out.err
