@@ -109,3 +109,12 @@ def test_only_the_core_speaks_http() -> None:
             else:
                 continue
             assert not any(n.split(".")[0] in {"httpx", "requests"} for n in names), path
+
+
+def test_provider_discovery_does_not_import_airflow_or_the_hook() -> None:
+    # The providers manager imports get_provider_info in every Airflow process.
+    code = (
+        "import sys, sendmux_airflow.get_provider_info as m; m.get_provider_info(); "
+        "assert not [n for n in sys.modules if n.startswith(('airflow', 'sendmux_airflow.hooks'))]"
+    )
+    subprocess.run([sys.executable, "-c", code], env=airflow_env(), check=True)

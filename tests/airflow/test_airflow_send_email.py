@@ -10,14 +10,15 @@ import pytest
 RECIPIENTS = ["ann@example.com", "bob@example.com", "cat@example.com"]
 
 
-def _xcom(dag_id: str, run_id: str, task_id: str) -> Any:
+def _xcom(dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> Any:
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
     with create_session() as session:
         row = (
             session.query(XComModel)
-            .filter_by(dag_id=dag_id, run_id=run_id, task_id=task_id, key="return_value")
+            .filter_by(dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=map_index)
+            .filter_by(key="return_value")
             .one()
         )
         return row.value
@@ -53,6 +54,7 @@ def test_send_email_task_mails_each_recipient_once_and_returns_the_summary(
     dagrun = dag.test()
 
     assert _task_state(dagrun, "send") == ("success", 1)
+    assert {str(ti.state) for ti in dagrun.get_task_instances()} == {"success"}
     for address in RECIPIENTS:
         (message,) = sandbox.messages(address)
         assert message["subject"].startswith("Sales 20")
@@ -70,6 +72,12 @@ def test_send_email_task_mails_each_recipient_once_and_returns_the_summary(
     assert rendered["html_body"].startswith("<p>Total for 20")  # the .html file, rendered
     assert rendered["html_body"].rstrip().endswith(": 42</p>")
     assert sandbox.api_key not in json.dumps(rendered)
+
+    for map_index, address in enumerate(["dan@example.com", "eve@example.com"]):
+        assert len(sandbox.messages(address)) == 1
+        mapped = _xcom(dag.dag_id, dagrun.run_id, "send_mapped", map_index)
+        assert mapped["queued"] == 1
+        assert mapped["job_key"].endswith(f"/send_mapped/{dagrun.run_id}/{map_index}")
 
     out = capfd.readouterr()
     log = out.out + out.err

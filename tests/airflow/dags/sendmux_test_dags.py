@@ -41,6 +41,10 @@ with DAG(
         files=[str(HERE / "sales.csv")],
         custom_headers={"X-Report": "sales"},
     )
+    # Dynamic task mapping: each mapped instance is its own job (map_index in the key).
+    SendmuxSendEmailOperator.partial(
+        task_id="send_mapped", subject="Your share", text_body="Hello"
+    ).expand(to=["dan@example.com", "eve@example.com"])
 
 with DAG("sendmux_send_email_retry_test", schedule=None, start_date=START) as retry_dag:
     SendmuxSendEmailOperator(
