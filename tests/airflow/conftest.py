@@ -1,59 +1,20 @@
 """Real Airflow for the tests in this folder: a temporary AIRFLOW_HOME, SQLite metadata.
 
 Airflow reads its configuration when ``airflow`` is first imported, so the
-environment is set here, at import (pytest imports this file while
-collecting, before any test module of this folder imports Airflow). Nothing
+environment is set at import of ``airflow_home`` (pytest imports this file
+while collecting, before any test module of this folder imports Airflow). Nothing
 outside the repository is used: no existing AIRFLOW_HOME, no airflow.cfg.
 Tests elsewhere never import Airflow, so they do not pay for it.
 """
 
 from __future__ import annotations
 
-import atexit
 import json
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="sendmux-airflow-home-"))
-DAGS_FOLDER = Path(__file__).resolve().parent / "dags"
-
-_ENV = {
-    "AIRFLOW_HOME": str(AIRFLOW_HOME),
-    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{AIRFLOW_HOME / 'airflow.db'}",
-    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-    "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
-    "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-    "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-}
-os.environ.update(_ENV)
-atexit.register(shutil.rmtree, AIRFLOW_HOME, ignore_errors=True)
-
-
-def airflow_env(**extra: str) -> dict[str, str]:
-    """The environment for an ``airflow`` subprocess: ours, and this checkout first on the path."""
-    env = dict(os.environ, **_ENV, **extra)
-    paths = [str(REPO_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    return env
-
-
-def run_airflow(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "airflow", *args],
-        env=env or airflow_env(),
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
+from airflow_home import AIRFLOW_HOME, DAGS_FOLDER, run_airflow
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from conftest import REPO_ROOT, airflow_env, run_airflow
+from airflow_home import REPO_ROOT, airflow_env, run_airflow
 
 ENTRY_POINT = "sendmux_airflow.get_provider_info:get_provider_info"
 
