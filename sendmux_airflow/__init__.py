@@ -1,0 +1,51 @@
+"""Apache Airflow provider for Sendmux: a hook and operators on the shared core.
+
+Only ``sendmux_dispatch`` speaks HTTP; this package turns a ``sendmux``
+connection into its clients (:class:`SendmuxHook`) and Airflow tasks into its
+jobs. The names below are imported on first use, so Airflow's providers
+manager can read ``sendmux_airflow.get_provider_info`` without importing
+Airflow's task SDK (or this package's hooks) at discovery time.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from sendmux_dispatch._version import __version__
+
+if TYPE_CHECKING:
+    from sendmux_airflow.hooks.sendmux import (
+        SendmuxConnectionError,
+        SendmuxHook,
+        SendmuxSettings,
+    )
+    from sendmux_airflow.operators.send_email import SendmuxSendEmailOperator
+
+__all__ = [
+    "SendmuxConnectionError",
+    "SendmuxHook",
+    "SendmuxSendEmailOperator",
+    "SendmuxSettings",
+    "__version__",
+]
+
+_LAZY = {
+    "SendmuxConnectionError": "sendmux_airflow.hooks.sendmux",
+    "SendmuxHook": "sendmux_airflow.hooks.sendmux",
+    "SendmuxSettings": "sendmux_airflow.hooks.sendmux",
+    "SendmuxSendEmailOperator": "sendmux_airflow.operators.send_email",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

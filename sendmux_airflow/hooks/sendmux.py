@@ -1,0 +1,236 @@
+"""SendmuxHook: a ``sendmux`` connection turned into the core's clients.
+
+The connection is read once into :class:`SendmuxSettings` (password = API key,
+host = Sending API URL, extras for the rest); the hook makes and caches the
+client, so operators stay thin and never see the key. No HTTP happens here:
+the clients in ``sendmux_dispatch`` do all of it.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from airflow.sdk import BaseHook
+from airflow.sdk.log import mask_secret
+
+from sendmux_dispatch.client import (
+    DEFAULT_MANAGEMENT_URL,
+    DEFAULT_SENDING_URL,
+    AsyncSendmuxClient,
+    SendmuxClient,
+)
+from sendmux_dispatch.errors import SendmuxError
+from sendmux_dispatch.pacing import Pacer, RedisPacer, key_fingerprint
+from sendmux_dispatch.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from airflow.sdk import Connection
+
+__all__ = ["SendmuxConnectionError", "SendmuxHook", "SendmuxSettings"]
+
+_DEFAULT_TIMEOUT = 30.0
+_DEFAULT_ATTEMPTS = 6
+_API_PATH = "api/v1"
+
+
+class SendmuxConnectionError(ValueError):
+    """The ``sendmux`` connection is incomplete or malformed (names the field to fix)."""
+
+
+@dataclass(frozen=True)
+class SendmuxSettings:
+    """A ``sendmux`` connection, read and checked once. ``repr`` never shows the keys."""
+
+    conn_id: str
+    api_key: str = field(repr=False)
+    sending_url: str = DEFAULT_SENDING_URL
+    management_url: str = DEFAULT_MANAGEMENT_URL
+    management_api_key: str | None = field(default=None, repr=False)
+    from_email: str | None = None
+    timeout: float = _DEFAULT_TIMEOUT
+    max_attempts: int = _DEFAULT_ATTEMPTS
+    pacer_url: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_connection(cls, conn: Connection) -> SendmuxSettings:
+        """Read ``conn``; a missing key or a bad extra raises :class:`SendmuxConnectionError`."""
+        where = f"connection {conn.conn_id!r}"
+        if not conn.password:
+            raise SendmuxConnectionError(f"{where} has no API key: put it in the Password field")
+        extra = conn.extra_dejson
+        return cls(
+            conn_id=conn.conn_id,
+            api_key=conn.password,
+            sending_url=_sending_url(conn),
+            management_url=_text(extra, "management_url", where) or DEFAULT_MANAGEMENT_URL,
+            management_api_key=_text(extra, "management_api_key", where),
+            from_email=_text(extra, "from_email", where),
+            timeout=_number(extra, "timeout", where, _DEFAULT_TIMEOUT),
+            max_attempts=int(_number(extra, "max_attempts", where, _DEFAULT_ATTEMPTS, whole=True)),
+            pacer_url=_text(extra, "pacer_url", where),
+        )
+
+
+def _sending_url(conn: Connection) -> str:
+    host = (conn.host or "").strip().rstrip("/")
+    if not host:
+        return DEFAULT_SENDING_URL
+    if "://" in host:
+        # The JSON or UI form: the full base URL as written.
+        return host
+    # The URI form (sendmux://:key@smtp.sendmux.ai/api%2Fv1) splits the URL into host,
+    # port and schema; put them back together, https unless given otherwise.
+    port = f":{conn.port}" if conn.port else ""
+    path = (conn.schema or _API_PATH).strip("/")
+    return f"https://{host}{port}/{path}"
+
+
+def _text(extra: dict[str, Any], name: str, where: str) -> str | None:
+    value = extra.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, str):
+        raise SendmuxConnectionError(f"{where}: extra {name!r} must be a string")
+    return value.strip()
+
+
+def _number(
+    extra: dict[str, Any], name: str, where: str, default: float, *, whole: bool = False
+) -> float:
+    value = extra.get(name)
+    if value is None or value == "":
+        return default
+    kind = "a whole number" if whole else "a number"
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = float(value)
+    except (TypeError, ValueError):
+        raise SendmuxConnectionError(
+            f"{where}: extra {name!r} must be {kind} greater than 0, got {value!r}"
+        ) from None
+    if not math.isfinite(number) or number <= 0 or (whole and not number.is_integer()):
+        raise SendmuxConnectionError(
+            f"{where}: extra {name!r} must be {kind} greater than 0, got {value!r}"
+        )
+    return number
+
+
+class SendmuxHook(BaseHook):
+    """Clients for a ``sendmux`` connection (``sendmux_default`` unless told otherwise).
+
+    >>> hook = SendmuxHook()                                  # doctest: +SKIP
+    >>> report = dispatch(hook.get_client(), template, recipients, job_key="...")
+
+    :param sendmux_conn_id: the connection holding the API key (Password), the
+        Sending API URL (Host) and the extras ``management_url``,
+        ``management_api_key``, ``from_email``, ``timeout``, ``max_attempts``
+        and ``pacer_url``.
+    """
+
+    conn_name_attr = "sendmux_conn_id"
+    default_conn_name = "sendmux_default"
+    conn_type = "sendmux"
+    hook_name = "Sendmux"
+
+    def __init__(self, sendmux_conn_id: str = default_conn_name) -> None:
+        super().__init__()
+        self.sendmux_conn_id = sendmux_conn_id
+        self._settings: SendmuxSettings | None = None
+        self._client: SendmuxClient | None = None
+        self._pacer: Pacer | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(sendmux_conn_id={self.sendmux_conn_id!r})"
+
+    @property
+    def settings(self) -> SendmuxSettings:
+        """The connection, read on first use; its secrets registered with Airflow's masker."""
+        if self._settings is None:
+            settings = SendmuxSettings.from_connection(self.get_connection(self.sendmux_conn_id))
+            for secret in (settings.api_key, settings.management_api_key):
+                if secret:
+                    mask_secret(secret)
+            if settings.pacer_url and (password := urlsplit(settings.pacer_url).password):
+                mask_secret(password)
+            self._settings = settings
+        return self._settings
+
+    def get_conn(self) -> SendmuxClient:
+        """Airflow's generic name for :meth:`get_client`."""
+        return self.get_client()
+
+    def _client_options(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "sending_url": s.sending_url,
+            "management_url": s.management_url,
+            "management_api_key": s.management_api_key,
+            "timeout": s.timeout,
+            "retry": RetryPolicy(max_attempts=s.max_attempts),
+            "pacer": self.get_pacer(),
+            "user_agent_extra": "sendmux-airflow",
+        }
+
+    def get_pacer(self) -> Pacer | None:
+        """The shared Redis pacer of ``pacer_url`` (one per hook), else ``None``.
+
+        ``None`` leaves pacing to the server's 429s and each dispatch's own
+        accounting; with ``pacer_url`` every task and worker on this API key
+        counts against one moving window in Redis (keyed by a fingerprint of
+        the key, never the key).
+        """
+        s = self.settings
+        if s.pacer_url is None:
+            return None
+        with self._lock:
+            if self._pacer is None:
+                self._pacer = RedisPacer(s.pacer_url, key_id=key_fingerprint(s.api_key))
+            return self._pacer
+
+    def get_client(self) -> SendmuxClient:
+        """The blocking client, made once per hook and shared (it is thread-safe)."""
+        with self._lock:
+            client = self._client
+        if client is None:
+            options = self._client_options()
+            with self._lock:
+                if self._client is None:
+                    self._client = SendmuxClient(self.settings.api_key, **options)
+                client = self._client
+        return client
+
+    def get_async_client(self) -> AsyncSendmuxClient:
+        """A new asyncio client; the caller owns it (``async with hook.get_async_client()``)."""
+        return AsyncSendmuxClient(self.settings.api_key, **self._client_options())
+
+    def close(self) -> None:
+        """Close the cached client's connection pool (a later ``get_client`` opens a new one)."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def test_connection(self) -> tuple[bool, str]:
+        """GET /me with the key: ``(True, label and permissions)`` or ``(False, why)``."""
+        try:
+            settings = self.settings
+            me = self.get_client().me()
+        except (SendmuxConnectionError, SendmuxError, ValueError) as exc:
+            # The core's errors never hold the key; ours name the field to fix.
+            return False, f"{type(exc).__name__}: {exc}"
+        finally:
+            self.close()
+        permissions = ", ".join(sorted(me.permissions)) or "none"
+        about = (
+            f"key {me.label!r} of team {me.team.name!r} at {settings.sending_url}; "
+            f"permissions: {permissions}"
+        )
+        if not me.has_permission("email.send"):
+            return False, f"Connected, but the key cannot send email (no email.send): {about}"
+        return True, f"Connected: {about}"
