@@ -28,9 +28,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from threading import Lock
 from typing import Any, Generic, TypedDict, TypeVar
@@ -38,7 +39,7 @@ from typing import Any, Generic, TypedDict, TypeVar
 from pydantic import BaseModel
 from typing_extensions import Unpack
 
-from sendmux_dispatch.batching import Duplicate, PlannedBatch, plan_batches
+from sendmux_dispatch.batching import Duplicate, LedgerStage, PlannedBatch, Skipped, plan_batches
 from sendmux_dispatch.client import AsyncSendmuxClient, ClientStats, SendmuxClient
 from sendmux_dispatch.errors import (
     APIError,
@@ -46,11 +47,13 @@ from sendmux_dispatch.errors import (
     IdempotencyConflictError,
     InputError,
     InsufficientCreditsError,
+    LedgerUnavailableError,
     PermissionDeniedError,
     SendmuxError,
     TransportError,
     ValidationError,
 )
+from sendmux_dispatch.ledger import Intent, Ledger
 from sendmux_dispatch.models import Balance, BatchItem, BatchResult, Me
 from sendmux_dispatch.personalize import Personalizer
 from sendmux_dispatch.ratelimit import Pacer
@@ -133,6 +136,9 @@ class _Source:
         self.stop: _StopJob | None = None
 
     def __iter__(self) -> Iterator[object]:
+        if self.stop is not None:
+            # The ledger could not be read before the list: read nothing.
+            return
         iterator = iter(self._recipients)
         while True:
             try:
@@ -168,8 +174,65 @@ class _Sleep:
     seconds: float
 
 
-_Step = _Send | _Sleep
-_Steps = Generator[_Step, "BatchResult | SendmuxError | None", None]
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """A blocking ledger call: the sync driver makes it in its worker thread, the
+    async one through ``asyncio.to_thread``; a SendmuxError is sent back, not raised."""
+
+    function: Callable[[], object]
+
+
+_Step = _Send | _Sleep | _Call
+_Steps = Generator[_Step, object, None]
+
+
+def _ledger_stop(error: SendmuxError) -> _StopJob:
+    return _StopJob(error, "ledger")
+
+
+_ALREADY = SendmuxError("already accepted for this job (send ledger)", code="already_accepted")
+_CLAIMED = SendmuxError(
+    "recorded as being sent by another run of this job (send ledger); that run, or the "
+    "next re-run, settles it",
+    code="claimed_by_another_run",
+)
+
+
+def _pending(ledger: Ledger | None, job_key: str, source: _Source) -> list[Intent]:
+    if ledger is None:
+        return []
+    try:
+        return ledger.pending(job_key)
+    except LedgerUnavailableError as exc:
+        source.stop = _ledger_stop(exc)
+        return []
+
+
+async def _apending(ledger: Ledger | None, job_key: str, source: _Source) -> list[Intent]:
+    if ledger is None:
+        return []
+    try:
+        return await asyncio.to_thread(ledger.pending, job_key)
+    except LedgerUnavailableError as exc:
+        source.stop = _ledger_stop(exc)
+        return []
+
+
+def _ledger_stage(
+    ledger: Ledger | None, job_key: str, source: _Source, intents: Sequence[Intent]
+) -> LedgerStage | None:
+    """Planning's view of the ledger; an outage there stops the job like a bad line."""
+    if ledger is None:
+        return None
+
+    def accepted_among(digests: Sequence[int]) -> set[int]:
+        try:
+            return ledger.accepted_among(job_key, digests)
+        except LedgerUnavailableError as exc:
+            source.stop = source.stop or _ledger_stop(exc)
+            raise
+
+    return LedgerStage(accepted_among, intents)
 
 
 class _Tally:
@@ -213,15 +276,31 @@ class _Tally:
                 position=position, email=email, status=status, code=code, message=message
             )
 
-    def plan_item(self, item: RecipientFailure | Duplicate) -> None:
+    def plan_item(self, item: RecipientFailure | Duplicate | Skipped) -> None:
         with self.lock:
             if isinstance(item, RecipientFailure):
                 self.report.invalid += 1
                 self._fail(item.position, item.email, item.code, item.reason, "invalid")
+            elif isinstance(item, Skipped):
+                self._skipped(item)
             else:
                 self.report.duplicates_dropped += 1
                 if self.writer is not None:
                     self.writer.write(position=item.position, email=item.email, status="duplicate")
+
+    def _skipped(self, item: Skipped) -> None:
+        if item.status == "already_accepted":
+            self.report.already_accepted += 1
+            if self.writer is not None:
+                self.writer.write(position=item.position, email=item.email, status=item.status)
+            return
+        if item.status == "failed":
+            self.report.failed += 1
+        else:
+            self.report.not_sent += 1
+        self._fail(
+            item.position, item.email, item.code or item.status, item.message or "", item.status
+        )
 
     def items(self, batch: PlannedBatch, result: BatchResult, *, final: bool) -> list[int]:
         """Record a batch answer; return the indexes worth sending again."""
@@ -297,21 +376,96 @@ def _issues_by_index(error: ValidationError) -> dict[int, str]:
     return {index: "; ".join(messages) for index, messages in found.items()}
 
 
+def _begin(
+    batch: PlannedBatch, tally: _Tally, ledger: Ledger
+) -> Generator[_Step, object, PlannedBatch | None]:
+    """Record ``batch`` as pending before it is sent; drop members already taken.
+
+    Returns the batch to send (rebuilt under a new content key when members
+    were dropped), or None when nothing is left to send.
+    """
+    job_key = tally.report.job_key
+    current = batch
+    while True:
+        digests = current.digests
+        reply = yield _Call(
+            partial(ledger.begin, job_key, Intent(current.idempotency_key, digests))
+        )
+        if isinstance(reply, SendmuxError):
+            # Never sent what could not be recorded.
+            tally.whole_batch(current, "not_sent", reply)
+            raise _ledger_stop(reply)
+        assert isinstance(reply, set)
+        if not reply:
+            return current
+        taken: set[int] = reply
+        found = yield _Call(partial(ledger.accepted_among, job_key, sorted(taken)))
+        if isinstance(found, SendmuxError):
+            tally.whole_batch(current, "not_sent", found)
+            raise _ledger_stop(found)
+        assert isinstance(found, set)
+        accepted = [i for i, digest in enumerate(digests) if digest in found]
+        claimed = [i for i, digest in enumerate(digests) if digest in taken and digest not in found]
+        keep = [i for i, digest in enumerate(digests) if digest not in taken]
+        if accepted:
+            tally.whole_batch(current.rebuilt(accepted, job_key), "already_accepted", _ALREADY)
+        if claimed:
+            tally.whole_batch(current.rebuilt(claimed, job_key), "not_sent", _CLAIMED)
+        if not keep:
+            return None
+        current = current.rebuilt(keep, job_key)
+
+
+def _record(
+    ledger: Ledger, job_key: str, key: str, accepted: Sequence[int], successor: Intent | None = None
+) -> Generator[_Step, object, SendmuxError | None]:
+    """``finish`` the intent ``key``; the error if the ledger could not record it."""
+    reply = yield _Call(partial(ledger.finish, job_key, key, accepted, successor))
+    return reply if isinstance(reply, SendmuxError) else None
+
+
 def _batch_steps(
     batch: PlannedBatch, tally: _Tally, options: _Options, policy: RetryPolicy
 ) -> _Steps:
-    """The life of one planned batch, as the steps a driver must carry out."""
-    current = batch
-    attempt = 0
+    """The life of one planned batch, as the steps a driver must carry out.
+
+    With a ledger: ``begin`` before the first request (a replay batch is
+    already recorded), ``finish`` after every definitive answer, the resend
+    recorded as the successor in the same write (docs/ledger.md).
+    """
+    ledger = options.ledger
+    job_key = tally.report.job_key
+    current: PlannedBatch | None = batch
+    # What the ledger holds under the current key: a replay's full member
+    # list, including members absent from this run's list.
+    recorded: tuple[int, ...] = ()
+    if ledger is not None:
+        if batch.intent is not None:
+            recorded = batch.intent.digests
+        else:
+            current = yield from _begin(batch, tally, ledger)
+            if current is None:
+                return
+            recorded = current.digests
+    assert current is not None
+    attempt = current.attempt
     while True:
         outcome = yield _Send(current)
         if isinstance(outcome, IdempotencyConflictError) and not outcome.retryable:
             # The key already carried an accepted request for this work.
             tally.failure_streak(None)
             tally.whole_batch(current, "already_accepted", outcome)
+            if ledger is not None:
+                error = yield from _record(ledger, job_key, current.idempotency_key, recorded)
+                if error is not None:
+                    raise _ledger_stop(error)
             return
         if isinstance(outcome, _JOB_STOPPERS):
             tally.whole_batch(current, "not_sent", outcome)
+            if ledger is not None:
+                # Refused whole: nothing accepted, the members are free again.
+                # A failed write only leaves it pending (a replay is harmless).
+                yield from _record(ledger, job_key, current.idempotency_key, ())
             raise _StopJob(
                 outcome, "credits" if isinstance(outcome, InsufficientCreditsError) else "auth"
             )
@@ -322,6 +476,13 @@ def _batch_steps(
             raise _StopJob(outcome, "rate_limited")
         if isinstance(outcome, SendmuxError):
             tally.whole_batch(current, "failed", outcome)
+            if ledger is not None and not outcome.retryable:
+                # A definitive refusal of the whole request (400, 413, 422):
+                # nothing was accepted. A retryable one may have been, so its
+                # intent stays pending and the re-run replays it.
+                error = yield from _record(ledger, job_key, current.idempotency_key, ())
+                if error is not None:
+                    raise _ledger_stop(error)
             streak = tally.failure_streak(outcome)
             limit = options.max_consecutive_failures
             if limit and streak >= limit:
@@ -336,7 +497,26 @@ def _batch_steps(
         assert isinstance(outcome, BatchResult)
         tally.failure_streak(None)
         resend = tally.items(current, outcome, final=attempt >= options.max_resends)
-        if not resend:
+        following = current.subset(resend, attempt + 1) if resend else None
+        if ledger is not None:
+            digests = current.digests
+            ok = sorted({item.index for item in outcome.results if item.ok})
+            accepted = [digests[i] for i in ok if 0 <= i < len(digests)]
+            successor = (
+                None
+                if following is None
+                else Intent(following.idempotency_key, following.digests, attempt + 1)
+            )
+            error = yield from _record(
+                ledger, job_key, current.idempotency_key, accepted, successor
+            )
+            if error is not None:
+                if following is not None:
+                    tally.whole_batch(following, "not_sent", error)
+                raise _ledger_stop(error)
+            if successor is not None:
+                recorded = successor.digests
+        if following is None:
             return
         attempt += 1
         delay = policy.next_delay(attempt)
@@ -349,7 +529,7 @@ def _batch_steps(
                 attempt,
             )
         yield _Sleep(delay)
-        current = current.subset(resend, attempt)
+        current = following
 
 
 class DispatchOptions(TypedDict, total=False):
@@ -364,7 +544,9 @@ class DispatchOptions(TypedDict, total=False):
     addresses [True]; ``per_message_keys`` also sends per-message keys [False];
     ``max_consecutive_failures`` batches in a row failing the same way (5xx,
     connection errors, 429s, after the client's retries) stop the job with
-    ``stop_cause == "outage"`` [5; 0 disables the breaker].
+    ``stop_cause == "outage"`` [5; 0 disables the breaker]; ``ledger`` a
+    :class:`~sendmux_dispatch.ledger.Ledger` that makes re-runs exactly once
+    even when the list changed (docs/ledger.md) [None].
     """
 
     concurrency: int
@@ -377,6 +559,7 @@ class DispatchOptions(TypedDict, total=False):
     dedupe: bool
     per_message_keys: bool
     max_consecutive_failures: int
+    ledger: Ledger | None
 
 
 @dataclass(kw_only=True)
@@ -391,6 +574,7 @@ class _Options:
     dedupe: bool = True
     per_message_keys: bool = False
     max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES
+    ledger: Ledger | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -399,6 +583,8 @@ class _Options:
             raise ValueError("max_resends must be 0 or more")
         if self.max_consecutive_failures < 0:
             raise ValueError("max_consecutive_failures must be 0 (no breaker) or more")
+        if self.ledger is not None and not self.dedupe:
+            raise ValueError("a ledger records each address once: dedupe must stay on with it")
 
 
 _C = TypeVar("_C", SendmuxClient, AsyncSendmuxClient)
@@ -428,12 +614,14 @@ class Dispatcher(_DispatcherBase[SendmuxClient]):
     ) -> DispatchReport:
         options, client = self.options, self.client
         source = _Source(recipients)
+        intents = _pending(options.ledger, job_key, source)
         plan = plan_batches(
             template,
             source,
             job_key=job_key,
             dedupe=options.dedupe,
             per_message_keys=options.per_message_keys,
+            ledger=_ledger_stage(options.ledger, job_key, source, intents),
         )
         if options.preflight:
             _preflight_checks(client.me(), _readable_balance(client))
@@ -504,10 +692,15 @@ class Dispatcher(_DispatcherBase[SendmuxClient]):
         steps = _batch_steps(batch, tally, self.options, self.client.retry)
         step = next(steps)
         while True:
-            reply: BatchResult | SendmuxError | None = None
+            reply: object = None
             if isinstance(step, _Sleep):
                 # The client's policy waits, so a test's no-op sleep covers resends too.
                 self.client.retry.sleep(step.seconds)
+            elif isinstance(step, _Call):
+                try:
+                    reply = step.function()
+                except SendmuxError as exc:
+                    reply = exc
             else:
                 try:
                     reply = self.client.send_batch_body(
@@ -540,12 +733,14 @@ class AsyncDispatcher(_DispatcherBase[AsyncSendmuxClient]):
     ) -> DispatchReport:
         options, client = self.options, self.client
         source = _Source(recipients)
+        intents = await _apending(options.ledger, job_key, source)
         plan = plan_batches(
             template,
             source,
             job_key=job_key,
             dedupe=options.dedupe,
             per_message_keys=options.per_message_keys,
+            ledger=_ledger_stage(options.ledger, job_key, source, intents),
         )
         if options.preflight:
             _preflight_checks(await client.me(), await _areadable_balance(client))
@@ -603,9 +798,14 @@ class AsyncDispatcher(_DispatcherBase[AsyncSendmuxClient]):
         steps = _batch_steps(batch, tally, self.options, self.client.retry)
         step = next(steps)
         while True:
-            reply: BatchResult | SendmuxError | None = None
+            reply: object = None
             if isinstance(step, _Sleep):
                 await self.client.retry.async_sleep(step.seconds)
+            elif isinstance(step, _Call):
+                try:
+                    reply = await asyncio.to_thread(step.function)
+                except SendmuxError as exc:
+                    reply = exc
             else:
                 try:
                     reply = await self.client.send_batch_body(
