@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -56,7 +57,7 @@ from sendmux_dispatch.errors import (
 from sendmux_dispatch.ledger import Intent, Ledger
 from sendmux_dispatch.models import Balance, BatchItem, BatchResult, Me
 from sendmux_dispatch.personalize import Personalizer
-from sendmux_dispatch.ratelimit import Pacer
+from sendmux_dispatch.ratelimit import Pacer, RateLimitState
 from sendmux_dispatch.recipients import RecipientFailure
 from sendmux_dispatch.report import (
     DEFAULT_MAX_FAILURES,
@@ -71,6 +72,7 @@ from sendmux_dispatch.retry import LONG_WAIT_SECONDS, RetryPolicy
 
 __all__ = [
     "DEFAULT_MAX_CONSECUTIVE_FAILURES",
+    "PACER_UNAVAILABLE_AFTER",
     "AsyncDispatcher",
     "DispatchOptions",
     "Dispatcher",
@@ -184,6 +186,99 @@ class _Call:
 
 _Step = _Send | _Sleep | _Call
 _Steps = Generator[_Step, object, None]
+
+
+#: Seconds a batch keeps retrying a pacer whose shared store (Redis) fails, before
+#: the job stops with ``stop_cause == "outage"`` (the ledger waits as long).
+PACER_UNAVAILABLE_AFTER = 30.0
+
+
+class _PacerUnavailable(SendmuxError):
+    # Not retryable for the client: it would call the pacer again and wait as
+    # long again per attempt. Dispatch stops the job on it instead.
+    default_retryable = False
+
+
+def _pacer_store_failed(error: Exception) -> bool:
+    # A pacer only waits; what can fail in it is its store: redis-py's errors,
+    # limits' storage errors, a socket. Anything else is a bug and propagates.
+    root = type(error).__module__.split(".", 1)[0]
+    return root in ("redis", "limits") or isinstance(error, OSError)
+
+
+class _GuardedPacer:
+    """A pacer whose store failures are retried for a bounded time, then stop the job.
+
+    Without it a Redis blip under a ``RedisPacer`` escaped as a redis-py
+    exception and ended the job with no report. A failure of ``acquire``
+    happens before the request, so the batch was not sent: it is counted
+    ``not_sent`` and the job stops with ``stop_cause == "outage"``.
+    """
+
+    def __init__(self, inner: Pacer) -> None:
+        self.inner = inner
+
+    def _give_up(self, error: Exception, started: float, logged: bool) -> tuple[float, bool]:
+        waited = time.monotonic() - started
+        if isinstance(error, SendmuxError) or not _pacer_store_failed(error):
+            raise error
+        if waited >= PACER_UNAVAILABLE_AFTER:
+            raise _PacerUnavailable(
+                f"the pacer's store failed for {waited:.1f} s "
+                f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+                "this batch was not sent. Bring the store back and re-run the same job key",
+                code="pacer_unavailable",
+            ) from error
+        if not logged and waited >= 1.0:
+            logger.warning(
+                "pacer: its store failed (%s); retrying for up to %.0f s",
+                type(error).__name__,
+                PACER_UNAVAILABLE_AFTER,
+            )
+            logged = True
+        return waited, logged
+
+    def acquire(self) -> None:
+        started, delay, logged = time.monotonic(), 0.05, False
+        while True:
+            try:
+                self.inner.acquire()
+                return
+            except Exception as exc:
+                waited, logged = self._give_up(exc, started, logged)
+            pause = random.uniform(0, delay)  # noqa: S311 - jitter, not secrets
+            time.sleep(max(0.0, min(pause, PACER_UNAVAILABLE_AFTER - waited)))
+            delay = min(delay * 2, 2.0)
+
+    async def acquire_async(self) -> None:
+        started, delay, logged = time.monotonic(), 0.05, False
+        while True:
+            try:
+                await self.inner.acquire_async()
+                return
+            except Exception as exc:
+                waited, logged = self._give_up(exc, started, logged)
+            pause = random.uniform(0, delay)  # noqa: S311 - jitter, not secrets
+            await asyncio.sleep(max(0.0, min(pause, PACER_UNAVAILABLE_AFTER - waited)))
+            delay = min(delay * 2, 2.0)
+
+    def observe(self, state: RateLimitState) -> None:
+        try:
+            self.inner.observe(state)
+        except Exception as exc:
+            # Advisory (it only tightens the pace): the next acquire meets the outage.
+            if isinstance(exc, SendmuxError) or not _pacer_store_failed(exc):
+                raise
+            logger.debug("pacer: could not record the server's rate-limit state", exc_info=True)
+
+    def pause(self, seconds: float) -> None:
+        pause = getattr(self.inner, "pause", None)
+        if pause is not None:
+            pause(seconds)
+
+
+def _guarded(pacer: Pacer | None) -> Pacer | None:
+    return None if pacer is None else _GuardedPacer(pacer)
 
 
 def _ledger_stop(error: SendmuxError) -> _StopJob:
@@ -451,6 +546,11 @@ def _batch_steps(
     attempt = current.attempt
     while True:
         outcome = yield _Send(current)
+        if isinstance(outcome, _PacerUnavailable):
+            # Never left: the pacer failed before the request (a begun intent
+            # stays pending and is simply sent on the re-run).
+            tally.whole_batch(current, "not_sent", outcome)
+            raise _StopJob(outcome, "outage", f"{type(outcome).__name__}: {outcome.message}")
         if isinstance(outcome, IdempotencyConflictError) and not outcome.retryable:
             # The key already carried an accepted request for this work.
             tally.failure_streak(None)
@@ -706,7 +806,7 @@ class Dispatcher(_DispatcherBase[SendmuxClient]):
                     reply = self.client.send_batch_body(
                         step.batch.to_json(),
                         idempotency_key=step.batch.idempotency_key,
-                        pacer=self.options.pacer,
+                        pacer=_guarded(self.options.pacer or self.client.pacer),
                         stats=tally.calls,
                     )
                 except SendmuxError as exc:
@@ -811,7 +911,7 @@ class AsyncDispatcher(_DispatcherBase[AsyncSendmuxClient]):
                     reply = await self.client.send_batch_body(
                         step.batch.to_json(),
                         idempotency_key=step.batch.idempotency_key,
-                        pacer=self.options.pacer,
+                        pacer=_guarded(self.options.pacer or self.client.pacer),
                         stats=tally.calls,
                     )
                 except SendmuxError as exc:

@@ -36,6 +36,7 @@ from sendmux_dispatch.ledger import recipient_digest
 from sendmux_dispatch.recipients import normalize_email
 from sendmux_dispatch.report import DispatchReport
 from sendmux_dispatch.retry import RetryPolicy
+from tests.integration.test_cli import cli_env
 
 JOB = "ledger/wiring/run-1"
 
@@ -243,6 +244,7 @@ def test_a_process_killed_between_the_answer_and_the_ledger_write_replays_under_
         ],
         capture_output=True,
         text=True,
+        env=cli_env(None),
         timeout=120,
         check=False,
     )
