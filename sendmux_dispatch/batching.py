@@ -270,11 +270,17 @@ class PlannedBatch:
     attempt: int = 0
     encoded: list[bytes | None] | None = None
     intent: Intent | None = None
+    _digests: tuple[int, ...] | None = field(default=None, init=False, repr=False)
 
     @property
     def digests(self) -> tuple[int, ...]:
         """The recipients' ledger digests (:meth:`DigestSet.digest`), in batch order."""
-        return tuple(DigestSet.digest(recipient.identity) for recipient in self.recipients)
+        if self._digests is None:
+            # Computed once: begin and finish both need them.
+            digests = tuple(DigestSet.digest(recipient.identity) for recipient in self.recipients)
+            object.__setattr__(self, "_digests", digests)
+            return digests
+        return self._digests
 
     @property
     def positions(self) -> list[int]:
@@ -487,6 +493,10 @@ class LedgerStage:
 
     accepted_among: Callable[[Sequence[int]], set[int]]
     intents: Sequence[Intent] = ()
+    #: The ledger held nothing for the job when the run began: no lookups (only
+    #: a run racing this one could have recorded anything, and ``begin``
+    #: refuses taken members atomically anyway).
+    fresh: bool = False
     now: float = field(default_factory=time.time)
     stale_after: float = STALE_PENDING_SECONDS
 
@@ -748,7 +758,7 @@ class BatchPlan(Iterator[PlanItem]):
                     break
             else:
                 ended = True
-            asked = [d for _, d in chunk if d not in slot and d not in seen]
+            asked = [] if ledger.fresh else [d for _, d in chunk if d not in slot and d not in seen]
             try:
                 accepted = ledger.accepted_among(asked) if asked else set()
             except LedgerUnavailableError:

@@ -293,28 +293,29 @@ _CLAIMED = SendmuxError(
 )
 
 
-def _pending(ledger: Ledger | None, job_key: str, source: _Source) -> list[Intent]:
+def _pending(ledger: Ledger | None, job_key: str, source: _Source) -> _Held:
+    """What the ledger holds for the job as the run begins (read before the list)."""
     if ledger is None:
-        return []
+        return _Held()
     try:
-        return ledger.pending(job_key)
+        return _Held(ledger.pending(job_key), ledger.stats(job_key) is None)
     except LedgerUnavailableError as exc:
         source.stop = _ledger_stop(exc)
-        return []
+        return _Held()
 
 
-async def _apending(ledger: Ledger | None, job_key: str, source: _Source) -> list[Intent]:
-    if ledger is None:
-        return []
-    try:
-        return await asyncio.to_thread(ledger.pending, job_key)
-    except LedgerUnavailableError as exc:
-        source.stop = _ledger_stop(exc)
-        return []
+async def _apending(ledger: Ledger | None, job_key: str, source: _Source) -> _Held:
+    return await asyncio.to_thread(_pending, ledger, job_key, source)
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    intents: Sequence[Intent] = ()
+    fresh: bool = False
 
 
 def _ledger_stage(
-    ledger: Ledger | None, job_key: str, source: _Source, intents: Sequence[Intent]
+    ledger: Ledger | None, job_key: str, source: _Source, held: _Held
 ) -> LedgerStage | None:
     """Planning's view of the ledger; an outage there stops the job like a bad line."""
     if ledger is None:
@@ -327,7 +328,7 @@ def _ledger_stage(
             source.stop = source.stop or _ledger_stop(exc)
             raise
 
-    return LedgerStage(accepted_among, intents)
+    return LedgerStage(accepted_among, held.intents, fresh=held.fresh)
 
 
 class _Tally:

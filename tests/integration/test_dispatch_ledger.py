@@ -284,6 +284,11 @@ def test_a_ledger_that_cannot_be_reached_stops_the_job_with_nothing_sent_unrecor
     path = tmp_path / "ledger.db"
     rows = [person(i) for i in range(400)]
     outage = LedgerUnavailableError("the test ledger is down", backend="test", waited=30.0)
+    with SqliteLedger(path) as seed:
+        # A job with a record already (someone outside this list): planning then asks
+        # the ledger about every chunk (a fresh job skips those lookups).
+        seed.begin(JOB, Intent("earlier", (digest("someone@else.org"),)))
+        seed.finish(JOB, "earlier", [digest("someone@else.org")])
     flaky = FlakyLedger(SqliteLedger(path), method, at=at, error=outage)
     report = run_job(driver, sandbox, rows, flaky)
     flaky.inner.close()
