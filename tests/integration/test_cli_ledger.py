@@ -16,14 +16,7 @@ import pytest
 
 from tests.integration.test_cli import cli_env, command, write
 
-pytestmark = pytest.mark.usefixtures("state_home")
-
-
-@pytest.fixture
-def state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "state"
-    monkeypatch.setenv("XDG_STATE_HOME", str(home))
-    return home
+# ``state_home`` (tests/conftest.py, autouse) points XDG_STATE_HOME at the test's own folder.
 
 
 def csv(emails: list[str]) -> str:
