@@ -510,12 +510,13 @@ class _Replay:
         self.intent = intent
         self.stale = stale
         self.items: dict[int, tuple[Recipient, WireMessage, bytes | None, int]] = {}
-        self.resolved = 0
+        # Members found or refused (a set: a later copy of a refused row may still come).
+        self.resolved: set[int] = set()
         self.yielded = False
 
     @property
     def complete(self) -> bool:
-        return self.resolved == len(self.intent.digests)
+        return len(self.resolved) == len(self.intent.digests)
 
 
 class BatchPlan(Iterator[PlanItem]):
@@ -775,6 +776,19 @@ class BatchPlan(Iterator[PlanItem]):
                     yield Skipped(item.position, item.email, "already_accepted")
                     continue
                 hit = slot.get(digest)
+                if hit is not None and hit[0].yielded:
+                    # A later copy of a member whose row failed before its
+                    # batch was replayed without it: never under a new key.
+                    seen.add(digest)
+                    yield Skipped(
+                        item.position,
+                        item.email,
+                        "not_sent",
+                        "replay_member_late",
+                        "its pending batch was replayed without it (an earlier row with this "
+                        "address could not be sent); a re-run of the job sends it",
+                    )
+                    continue
                 if hit is not None and hit[0].stale:
                     seen.add(digest)
                     yield Skipped(
@@ -792,7 +806,7 @@ class BatchPlan(Iterator[PlanItem]):
                     stats.failures += 1
                     yield prepared
                     if hit is not None:
-                        hit[0].resolved += 1
+                        hit[0].resolved.add(hit[1])
                         if hit[0].complete:
                             yield from self._replay_batches(hit[0])
                     continue
@@ -802,7 +816,7 @@ class BatchPlan(Iterator[PlanItem]):
                     # A pending member only ever travels under its intent's key.
                     replay, member = hit
                     replay.items[member] = (item, message, part, message_size)
-                    replay.resolved += 1
+                    replay.resolved.add(member)
                     if replay.complete:
                         yield from self._replay_batches(replay)
                     continue
