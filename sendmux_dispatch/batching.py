@@ -19,7 +19,7 @@ Every batch carries an ``Idempotency-Key`` so that sending it twice (a worker
 retry, a re-run task, a crashed process started again) is answered by the
 server's stored result instead of a second send. The key is::
 
-    {slug(job_key)[:40]}-{batch_index}-{blake2b-128(job_key, batch_index, identities)}
+    {slug(job_key)[:40]}-{blake2b-128(job_key, identities)}
 
 where ``identities`` are the normalised (stripped, lower-cased) addresses of
 the batch's recipients, in order, and every part is length-prefixed before
@@ -31,6 +31,11 @@ which covers the *whole* job key. Keys are 1 to 255 characters of
 * The same job planned again (same job key, same recipients in the same
   order, same template) gives the same batches and the same keys, so a re-run
   replays instead of re-sending.
+* Keys depend on a batch's content, not on where it falls in the job: a
+  batch formed identically after rows were inserted or removed in front of it
+  has the same key (the send ledger relies on it, docs/ledger.md). With
+  ``dedupe=False`` the batch index is hashed in too, because two batches of
+  one job could then hold the very same recipients.
 * Different job keys, or different recipients in a batch, give different keys.
 * The job key must identify the *work*, never the *attempt*. That is why
   :func:`job_key_for` is fed Airflow's ``dag_id, task_id, run_id, map_index``
@@ -62,14 +67,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 from pydantic_core import to_json
 
+from sendmux_dispatch.errors import LedgerUnavailableError
 from sendmux_dispatch.models import WireMessage, api_limits, batch_body, encode_message
 from sendmux_dispatch.personalize import Personalizer
 from sendmux_dispatch.recipients import (
@@ -79,13 +86,19 @@ from sendmux_dispatch.recipients import (
     normalize_email,
 )
 
+if TYPE_CHECKING:
+    # Not at run time: the ledger package imports this module (DigestSet).
+    from sendmux_dispatch.ledger._base import Intent
+
 __all__ = [
     "BatchPlan",
     "DigestSet",
     "Duplicate",
+    "LedgerStage",
     "PlanItem",
     "PlanStats",
     "PlannedBatch",
+    "Skipped",
     "batch_idempotency_key",
     "job_key_for",
     "message_idempotency_key",
@@ -122,19 +135,25 @@ def _check_job_key(job_key: str) -> None:
 
 
 def batch_idempotency_key(
-    job_key: str, batch_index: int, recipient_identities: Iterable[str]
+    job_key: str, recipient_identities: Iterable[str], *, index: int | None = None
 ) -> str:
-    """The Idempotency-Key of batch ``batch_index`` of job ``job_key``.
+    """The Idempotency-Key of the batch of job ``job_key`` holding these recipients.
 
     ``recipient_identities`` are the batch's normalised addresses, in order
-    (:func:`~sendmux_dispatch.recipients.normalize_email`). See the module
-    docstring for the derivation and its guarantees.
+    (:func:`~sendmux_dispatch.recipients.normalize_email`). The key depends on
+    the batch's content, not on its place in the job; ``index`` (the batch's
+    position) is hashed in only when given, which the planner does when
+    deduplication is off. See the module docstring.
     """
     _check_job_key(job_key)
-    if batch_index < 0:
-        raise ValueError("batch_index must be 0 or more")
-    digest = _digest(b"sendmux-batch", (job_key, str(batch_index), *recipient_identities))
-    return f"{_slug(job_key)}-{batch_index}-{digest}"
+    if index is not None and index < 0:
+        raise ValueError("index must be 0 or more")
+    if index is None:
+        digest = _digest(b"sendmux-batch", (job_key, *recipient_identities))
+    else:
+        # A kind of its own (person), so no index can pass for an identity.
+        digest = _digest(b"sendmux-batch-ix", (job_key, str(index), *recipient_identities))
+    return f"{_slug(job_key)}-{digest}"
 
 
 def message_idempotency_key(job_key: str, position: int, email: str) -> str:
@@ -209,6 +228,25 @@ class Duplicate:
     email: str
 
 
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A recipient the send ledger settles without sending it in a new batch.
+
+    ``status`` is ``"already_accepted"`` (the ledger records the server
+    accepted this job's message for them), ``"failed"`` (code
+    ``unconfirmed_pending``: recorded as sent more than 23 h ago with no
+    answer, past the server's 24 h memory of the key, so not replayed
+    blindly) or ``"not_sent"`` (code ``replay_over_budget``: a replayed batch
+    that no longer fits the request budget; a re-run sends them).
+    """
+
+    position: int
+    email: str
+    status: Literal["already_accepted", "failed", "not_sent"]
+    code: str | None = None
+    message: str | None = None
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class PlannedBatch:
     """One request's worth of messages, with the key that makes sending it idempotent.
@@ -219,6 +257,8 @@ class PlannedBatch:
     n-th resend of part of it (:meth:`subset`). ``encoded[i]``, when the
     planner kept it, is ``messages[i]`` exactly as it appears in the body:
     measuring a message serialises it, so the body reuses those bytes.
+    ``intent`` is set on a *replay*: a batch the send ledger recorded as
+    pending, rebuilt from this run's list and sent under its recorded key.
     """
 
     index: int
@@ -229,6 +269,18 @@ class PlannedBatch:
     per_message_keys: bool = False
     attempt: int = 0
     encoded: list[bytes | None] | None = None
+    intent: Intent | None = None
+    _digests: tuple[int, ...] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def digests(self) -> tuple[int, ...]:
+        """The recipients' ledger digests (:meth:`DigestSet.digest`), in batch order."""
+        if self._digests is None:
+            # Computed once: begin and finish both need them.
+            digests = tuple(DigestSet.digest(recipient.identity) for recipient in self.recipients)
+            object.__setattr__(self, "_digests", digests)
+            return digests
+        return self._digests
 
     @property
     def positions(self) -> list[int]:
@@ -256,6 +308,32 @@ class PlannedBatch:
             for part, message in zip(self.encoded, self.messages, strict=True)
         ]
         return b'{"messages":[' + b",".join(parts) + b"]}"
+
+    def rebuilt(self, indexes: Iterable[int], job_key: str) -> PlannedBatch:
+        """The items at ``indexes`` as a new planned batch, under their own content key.
+
+        For a batch that the ledger says holds recipients already taken: the
+        rest form a new batch (:func:`batch_idempotency_key` of their
+        identities), attempt 0, as if planned that way.
+        """
+        chosen = sorted(set(indexes))
+        if not chosen:
+            raise ValueError("a rebuilt batch needs at least one index")
+        recipients = [self.recipients[i] for i in chosen]
+        messages = [self.messages[i] for i in chosen]
+        encoded = None if self.encoded is None else [self.encoded[i] for i in chosen]
+        return PlannedBatch(
+            index=self.index,
+            messages=messages,
+            recipients=recipients,
+            idempotency_key=batch_idempotency_key(
+                job_key, [recipient.identity for recipient in recipients]
+            ),
+            size_bound=BATCH_ENVELOPE_BYTES
+            + sum(message_size_bound(message) + 1 for message in messages),
+            per_message_keys=self.per_message_keys,
+            encoded=encoded,
+        )
 
     def subset(self, indexes: Iterable[int], attempt: int) -> PlannedBatch:
         """The items at ``indexes`` (positions in this batch) as a batch of their own.
@@ -300,7 +378,7 @@ class PlannedBatch:
         )
 
 
-PlanItem = PlannedBatch | RecipientFailure | Duplicate
+PlanItem = PlannedBatch | RecipientFailure | Duplicate | Skipped
 
 
 @dataclass(slots=True)
@@ -312,6 +390,7 @@ class PlanStats:
     batches: int = 0
     failures: int = 0
     duplicates_dropped: int = 0
+    already_accepted: int = 0
 
 
 # ---------------------------------------------------------------- dedupe
@@ -392,6 +471,54 @@ class DigestSet:
 # ---------------------------------------------------------------- planning
 
 
+#: Recipients looked up in the ledger per query while planning.
+LEDGER_CHUNK = 100
+#: A pending intent older than this is not replayed: the server keeps a key's
+#: answer for 24 h, and an hour of margin covers clocks and a slow re-run.
+STALE_PENDING_SECONDS = 23 * 3600.0
+
+
+@dataclass
+class LedgerStage:
+    """What planning needs from the send ledger (dispatch builds it; docs/ledger.md).
+
+    ``accepted_among(digests)`` answers which of them the ledger records as
+    accepted for the job (one query per :data:`LEDGER_CHUNK` recipients; a
+    :class:`~sendmux_dispatch.errors.LedgerUnavailableError` ends the plan
+    there, and what was not yet batched is left for the caller to count).
+    ``intents`` are the job's pending intents: their members are held aside
+    while the list is read and come out as replay batches under the recorded
+    keys, never in a new batch.
+    """
+
+    accepted_among: Callable[[Sequence[int]], set[int]]
+    intents: Sequence[Intent] = ()
+    #: The ledger held nothing for the job when the run began: no lookups (only
+    #: a run racing this one could have recorded anything, and ``begin``
+    #: refuses taken members atomically anyway).
+    fresh: bool = False
+    now: float = field(default_factory=time.time)
+    stale_after: float = STALE_PENDING_SECONDS
+
+
+class _Replay:
+    """One pending intent's rebuild buffer: its members' messages in intent order."""
+
+    __slots__ = ("intent", "items", "resolved", "stale", "yielded")
+
+    def __init__(self, intent: Intent, stale: bool) -> None:
+        self.intent = intent
+        self.stale = stale
+        self.items: dict[int, tuple[Recipient, WireMessage, bytes | None, int]] = {}
+        # Members found or refused (a set: a later copy of a refused row may still come).
+        self.resolved: set[int] = set()
+        self.yielded = False
+
+    @property
+    def complete(self) -> bool:
+        return len(self.resolved) == len(self.intent.digests)
+
+
 class BatchPlan(Iterator[PlanItem]):
     """The lazy stream of a job's batches, failures and dropped duplicates.
 
@@ -402,6 +529,11 @@ class BatchPlan(Iterator[PlanItem]):
     may come before the batch holding recipients that preceded it.
     :attr:`stats` keeps running totals. :meth:`batches` yields only the
     batches, for callers that take failures through a callback.
+
+    With a ``ledger`` stage (:class:`LedgerStage`, dispatch's send ledger)
+    recipients are read in chunks of :data:`LEDGER_CHUNK`: those the ledger
+    records as accepted come out as :class:`Skipped`, members of a pending
+    intent as a replay batch (``batch.intent`` set) under the recorded key.
     """
 
     def __init__(
@@ -414,7 +546,10 @@ class BatchPlan(Iterator[PlanItem]):
         max_bytes: int,
         dedupe: bool,
         per_message_keys: bool,
+        ledger: LedgerStage | None = None,
     ) -> None:
+        if ledger is not None and not dedupe:
+            raise ValueError("a ledger records each address once: dedupe must stay on with it")
         self.personalizer = personalizer
         self.job_key = job_key
         self.max_messages = max_messages
@@ -423,6 +558,8 @@ class BatchPlan(Iterator[PlanItem]):
         self.per_message_keys = per_message_keys
         self.stats = PlanStats()
         self._seen = DigestSet() if dedupe else None
+        self._index = 0
+        self._ledger = ledger
         self._items = self._plan(iter_recipients(recipients))
 
     def __iter__(self) -> BatchPlan:
@@ -443,31 +580,66 @@ class BatchPlan(Iterator[PlanItem]):
             elif isinstance(item, RecipientFailure):
                 if on_failure is not None:
                     on_failure(item)
-            elif on_duplicate is not None:
+            elif isinstance(item, Duplicate) and on_duplicate is not None:
                 on_duplicate(item)
 
     def _batch(
         self,
-        index: int,
         recipients: list[Recipient],
         messages: list[WireMessage],
         encoded: list[bytes | None],
         size: int,
     ) -> PlannedBatch:
+        index = self._index
+        self._index += 1
         self.stats.batches += 1
         self.stats.messages += len(messages)
-        key = batch_idempotency_key(
-            self.job_key, index, [recipient.identity for recipient in recipients]
-        )
+        identities = [recipient.identity for recipient in recipients]
+        key = batch_idempotency_key(self.job_key, identities, index=None if self.dedupe else index)
         return PlannedBatch(
             index, messages, recipients, key, size, self.per_message_keys, encoded=encoded
         )
 
+    def _prepare(self, item: Recipient) -> tuple[WireMessage, bytes | None, int] | RecipientFailure:
+        """Render and measure one recipient's message (or say why it cannot be sent)."""
+        per_message_keys = self.per_message_keys
+        key = (
+            message_idempotency_key(self.job_key, item.position, item.email)
+            if per_message_keys
+            else None
+        )
+        message = self.personalizer.personalize(item, idempotency_key=key)
+        if isinstance(message, RecipientFailure):
+            return message
+        # Measured by encoding it, and the bytes kept for the body; a
+        # message with attachments is only bounded, so that megabytes of
+        # base64 are not held twice while the batch waits for its turn.
+        part = (
+            None
+            if "attachments" in message
+            else encode_message(message, include_idempotency_key=per_message_keys)
+        )
+        # +1: the comma that separates it from its neighbour.
+        message_size = (message_size_bound(message) if part is None else len(part)) + 1
+        if BATCH_ENVELOPE_BYTES + message_size > self.max_bytes:
+            return RecipientFailure(
+                item.position,
+                item.email,
+                "too_large",
+                f"message: needs up to {message_size} bytes in a request body, over "
+                f"the {self.max_bytes}-byte budget; shrink the bodies or upload "
+                "attachments and refer to them by attachment_id",
+            )
+        return message, part, message_size
+
     def _plan(self, source: Iterator[Recipient | RecipientFailure]) -> Iterator[PlanItem]:
-        stats, seen, personalizer = self.stats, self._seen, self.personalizer
+        if self._ledger is not None:
+            return self._plan_with_ledger(source, self._ledger)
+        return self._plan_plain(source)
+
+    def _plan_plain(self, source: Iterator[Recipient | RecipientFailure]) -> Iterator[PlanItem]:
+        stats, seen = self.stats, self._seen
         max_messages, max_bytes = self.max_messages, self.max_bytes
-        job_key, per_message_keys = self.job_key, self.per_message_keys
-        index = 0
         recipients: list[Recipient] = []
         messages: list[WireMessage] = []
         encoded: list[bytes | None] = []
@@ -485,44 +657,18 @@ class BatchPlan(Iterator[PlanItem]):
                     stats.duplicates_dropped += 1
                     yield Duplicate(item.position, item.email)
                     continue
-            key = (
-                message_idempotency_key(job_key, item.position, item.email)
-                if per_message_keys
-                else None
-            )
-            message = personalizer.personalize(item, idempotency_key=key)
-            if isinstance(message, RecipientFailure):
+            prepared = self._prepare(item)
+            if isinstance(prepared, RecipientFailure):
                 stats.failures += 1
-                yield message
+                yield prepared
                 continue
-            # Measured by encoding it, and the bytes kept for the body; a
-            # message with attachments is only bounded, so that megabytes of
-            # base64 are not held twice while the batch waits for its turn.
-            part = (
-                None
-                if "attachments" in message
-                else encode_message(message, include_idempotency_key=per_message_keys)
-            )
-            # +1: the comma that separates it from its neighbour.
-            message_size = (message_size_bound(message) if part is None else len(part)) + 1
-            if BATCH_ENVELOPE_BYTES + message_size > max_bytes:
-                stats.failures += 1
-                yield RecipientFailure(
-                    item.position,
-                    item.email,
-                    "too_large",
-                    f"message: needs up to {message_size} bytes in a request body, over "
-                    f"the {max_bytes}-byte budget; shrink the bodies or upload "
-                    "attachments and refer to them by attachment_id",
-                )
-                continue
+            message, part, message_size = prepared
             # Only a recipient that was actually planned blocks later copies:
             # if the first row with an address is broken, a later good one is sent.
             if seen is not None:
                 seen.add(digest)
             if messages and size + message_size > max_bytes:
-                yield self._batch(index, recipients, messages, encoded, size)
-                index += 1
+                yield self._batch(recipients, messages, encoded, size)
                 recipients, messages, encoded, size = [], [], [], BATCH_ENVELOPE_BYTES
             recipients.append(item)
             messages.append(message)
@@ -531,11 +677,169 @@ class BatchPlan(Iterator[PlanItem]):
             if len(messages) == max_messages:
                 # Handed out as soon as it is full, without reading the next
                 # recipient: taking n batches reads only the recipients they need.
-                yield self._batch(index, recipients, messages, encoded, size)
-                index += 1
+                yield self._batch(recipients, messages, encoded, size)
                 recipients, messages, encoded, size = [], [], [], BATCH_ENVELOPE_BYTES
         if messages:
-            yield self._batch(index, recipients, messages, encoded, size)
+            yield self._batch(recipients, messages, encoded, size)
+
+    def _replay_batches(self, replay: _Replay) -> Iterator[PlanItem]:
+        """The replay batch of a rebuilt intent (members found, in intent order)."""
+        replay.yielded = True
+        recipients: list[Recipient] = []
+        messages: list[WireMessage] = []
+        encoded: list[bytes | None] = []
+        size = BATCH_ENVELOPE_BYTES
+        for member in sorted(replay.items):
+            recipient, message, part, message_size = replay.items[member]
+            if messages and size + message_size > self.max_bytes:
+                # The template grew: the prefix that fits goes under the key;
+                # the rest are left for a re-run (released when the key is
+                # answered afresh, recorded accepted on a conflict).
+                yield Skipped(
+                    recipient.position,
+                    recipient.email,
+                    "not_sent",
+                    "replay_over_budget",
+                    "its pending batch, rebuilt, no longer fits one request; a re-run of "
+                    "the job sends it",
+                )
+                continue
+            recipients.append(recipient)
+            messages.append(message)
+            encoded.append(part)
+            size += message_size
+        replay.items.clear()
+        if not messages:
+            return
+        intent = replay.intent
+        self._index += 1
+        self.stats.batches += 1
+        self.stats.messages += len(messages)
+        yield PlannedBatch(
+            self._index - 1,
+            messages,
+            recipients,
+            intent.key,
+            size,
+            self.per_message_keys,
+            attempt=intent.attempt,
+            encoded=encoded,
+            intent=intent,
+        )
+
+    def _plan_with_ledger(
+        self, source: Iterator[Recipient | RecipientFailure], ledger: LedgerStage
+    ) -> Iterator[PlanItem]:
+        stats = self.stats
+        seen = self._seen
+        assert seen is not None
+        max_messages, max_bytes = self.max_messages, self.max_bytes
+        slot: dict[int, tuple[_Replay, int]] = {}
+        for intent in ledger.intents:
+            replay = _Replay(intent, ledger.now - intent.created > ledger.stale_after)
+            for member, digest in enumerate(intent.digests):
+                slot.setdefault(digest, (replay, member))
+        recipients: list[Recipient] = []
+        messages: list[WireMessage] = []
+        encoded: list[bytes | None] = []
+        size = BATCH_ENVELOPE_BYTES
+        chunk: list[tuple[Recipient, int]] = []
+        ended = False
+        items = iter(source)
+        while not ended:
+            # Read a chunk, then ask the ledger about it in one query.
+            for item in items:
+                stats.recipients += 1
+                if isinstance(item, RecipientFailure):
+                    stats.failures += 1
+                    yield item
+                    continue
+                chunk.append((item, DigestSet.digest(item.identity)))
+                if len(chunk) == LEDGER_CHUNK:
+                    break
+            else:
+                ended = True
+            asked = [] if ledger.fresh else [d for _, d in chunk if d not in slot and d not in seen]
+            try:
+                accepted = ledger.accepted_among(asked) if asked else set()
+            except LedgerUnavailableError:
+                # The caller stops the job; rows read but not batched are its not_sent.
+                return
+            for item, digest in chunk:
+                if digest in seen:
+                    stats.duplicates_dropped += 1
+                    yield Duplicate(item.position, item.email)
+                    continue
+                if digest in accepted:
+                    seen.add(digest)
+                    stats.already_accepted += 1
+                    yield Skipped(item.position, item.email, "already_accepted")
+                    continue
+                hit = slot.get(digest)
+                if hit is not None and hit[0].yielded:
+                    # A later copy of a member whose row failed before its
+                    # batch was replayed without it: never under a new key.
+                    seen.add(digest)
+                    yield Skipped(
+                        item.position,
+                        item.email,
+                        "not_sent",
+                        "replay_member_late",
+                        "its pending batch was replayed without it (an earlier row with this "
+                        "address could not be sent); a re-run of the job sends it",
+                    )
+                    continue
+                if hit is not None and hit[0].stale:
+                    seen.add(digest)
+                    yield Skipped(
+                        item.position,
+                        item.email,
+                        "failed",
+                        "unconfirmed_pending",
+                        "sent more than 23 h ago with no answer recorded: the outcome is "
+                        "unknown and the server may have forgotten the key; check the "
+                        "delivery logs (not sent again)",
+                    )
+                    continue
+                prepared = self._prepare(item)
+                if isinstance(prepared, RecipientFailure):
+                    stats.failures += 1
+                    yield prepared
+                    if hit is not None:
+                        hit[0].resolved.add(hit[1])
+                        if hit[0].complete:
+                            yield from self._replay_batches(hit[0])
+                    continue
+                message, part, message_size = prepared
+                seen.add(digest)
+                if hit is not None:
+                    # A pending member only ever travels under its intent's key.
+                    replay, member = hit
+                    replay.items[member] = (item, message, part, message_size)
+                    replay.resolved.add(member)
+                    if replay.complete:
+                        yield from self._replay_batches(replay)
+                    continue
+                if messages and size + message_size > max_bytes:
+                    yield self._batch(recipients, messages, encoded, size)
+                    recipients, messages, encoded, size = [], [], [], BATCH_ENVELOPE_BYTES
+                recipients.append(item)
+                messages.append(message)
+                encoded.append(part)
+                size += message_size
+                if len(messages) == max_messages:
+                    yield self._batch(recipients, messages, encoded, size)
+                    recipients, messages, encoded, size = [], [], [], BATCH_ENVELOPE_BYTES
+            chunk = []
+        if messages:
+            yield self._batch(recipients, messages, encoded, size)
+        # Intents some of whose members are not in this list: sent with those
+        # found, still under the recorded key; one with none found stays pending.
+        done: set[int] = set()
+        for replay, _ in slot.values():
+            if id(replay) not in done and not replay.yielded and replay.items:
+                done.add(id(replay))
+                yield from self._replay_batches(replay)
 
 
 def plan_batches(
@@ -547,6 +851,7 @@ def plan_batches(
     max_bytes: int = api_limits.MAX_REQUEST_BYTES,
     dedupe: bool = True,
     per_message_keys: bool = False,
+    ledger: LedgerStage | None = None,
 ) -> BatchPlan:
     """Plan a job lazily: see :class:`BatchPlan` for what iterating yields.
 
@@ -560,7 +865,8 @@ def plan_batches(
 
     ``job_key`` identifies the work (see :func:`job_key_for`); ``dedupe``
     drops repeated addresses; ``per_message_keys`` also sets each message's
-    ``idempotency_key`` (:func:`message_idempotency_key`).
+    ``idempotency_key`` (:func:`message_idempotency_key`); ``ledger`` adds the
+    send ledger's stage (:class:`LedgerStage`; dispatch builds it).
     """
     _check_job_key(job_key)
     if not 1 <= max_messages <= api_limits.MAX_BATCH_MESSAGES:
@@ -579,4 +885,5 @@ def plan_batches(
         max_bytes=max_bytes,
         dedupe=dedupe,
         per_message_keys=per_message_keys,
+        ledger=ledger,
     )

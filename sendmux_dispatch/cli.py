@@ -1,11 +1,15 @@
 """``sendmux-send``: send a personalised job from the shell, outside Airflow and Celery.
 
     SENDMUX_API_KEY=smx_... sendmux-send --template msg.json --recipients list.csv --job-key K
+    sendmux-send status [--job-key K]           # what the send ledger holds
+    sendmux-send prune --older-than DAYS        # forget old jobs' records
 
 The API key is read from the environment (or a file), never from the command
 line, where every user of the machine could read it in the process list.
 The recipients file is checked whole, with the same reader that feeds the
-job, before anything is sent. Exit status (docs/cli.md):
+job, before anything is sent. A send ledger (SQLite, in the user's state
+directory unless ``--ledger PATH`` or ``--no-ledger``) records who was
+accepted, so a re-run after the list changed still mails nobody twice. Exit status (docs/cli.md):
 
 - 0 every recipient was queued (or skipped as a duplicate or an earlier send);
 - 1 an unexpected error (a bug: the traceback is worth reporting);
@@ -26,14 +30,18 @@ import re
 import shlex
 import sys
 import threading
+import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
+from sendmux_dispatch.batching import STALE_PENDING_SECONDS
 from sendmux_dispatch.client import DEFAULT_MANAGEMENT_URL, DEFAULT_SENDING_URL, SendmuxClient
 from sendmux_dispatch.dispatch import dispatch
-from sendmux_dispatch.errors import InputError, SendmuxError
+from sendmux_dispatch.errors import InputError, LedgerUnavailableError, SendmuxError
+from sendmux_dispatch.ledger import JobStats, SqliteLedger
 from sendmux_dispatch.recipients import (
     ReadStats,
     Recipient,
@@ -50,6 +58,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_STOPPED",
     "EXIT_USAGE",
+    "default_ledger_path",
     "main",
 ]
 
@@ -76,7 +85,13 @@ exit status:
   4    the job stopped early: bad key, no credits, rate limits, outage, ledger
   130  interrupted (Ctrl-C); re-run the same command to resume
 
-Re-running with the same --job-key never sends an accepted message twice.
+Re-running with the same --job-key never sends an accepted message twice,
+even after the list changed: the send ledger (--ledger) records who was accepted.
+
+other commands:
+  sendmux-send status [--job-key K] [--ledger PATH]   what the ledger holds
+  sendmux-send prune --older-than DAYS [--job-key K] [--ledger PATH]
+
 Input rules, examples: docs/cli.md.
 """
 
@@ -134,9 +149,62 @@ def _parser() -> argparse.ArgumentParser:
         help="write one JSON line per recipient here, as the server answers",
     )
     add("--overwrite", action="store_true", help="replace an existing --results file")
-    add("--keep-duplicates", action="store_true", help="do not drop repeated addresses")
+    add(
+        "--keep-duplicates",
+        action="store_true",
+        help="do not drop repeated addresses (turns the default ledger off)",
+    )
+    ledger = parser.add_mutually_exclusive_group()
+    ledger.add_argument(
+        "--ledger",
+        type=Path,
+        metavar="PATH",
+        help="SQLite send ledger: who was accepted, per job key (default: "
+        "$XDG_STATE_HOME/sendmux/ledger.db or ~/.local/state/sendmux/ledger.db)",
+    )
+    ledger.add_argument(
+        "--no-ledger",
+        action="store_true",
+        help="no ledger: a re-run is exactly once only if the list and its order are unchanged",
+    )
     add("--quiet", action="store_true", help="no progress line and no input summary")
     return parser
+
+
+def default_ledger_path() -> Path:
+    """``$XDG_STATE_HOME/sendmux/ledger.db``, else ``~/.local/state/sendmux/ledger.db``.
+
+    One file for every job: its records are kept per job key.
+    """
+    state = os.environ.get("XDG_STATE_HOME", "").strip()
+    # The XDG spec: a relative value is invalid and must be ignored.
+    base = Path(state) if state and os.path.isabs(state) else Path.home() / ".local" / "state"
+    return base / "sendmux" / "ledger.db"
+
+
+def _open_ledger(path: Path) -> SqliteLedger:
+    path = path.expanduser()
+    if path.is_dir():
+        raise _Usage(f"--ledger {path} is a directory; give a file path (e.g. {path}/ledger.db)")
+    try:
+        return SqliteLedger(path)
+    except LedgerUnavailableError as exc:
+        raise _Usage(f"cannot open the send ledger: {exc.message}") from None
+    except OSError as exc:
+        raise _Usage(f"cannot open the send ledger {path}: {exc.strerror or exc}") from None
+
+
+def _ledger_for_send(args: argparse.Namespace) -> SqliteLedger | None:
+    if args.no_ledger:
+        return None
+    if args.keep_duplicates:
+        if args.ledger is not None:
+            raise _Usage(
+                "--keep-duplicates cannot be used with --ledger: the ledger records each "
+                "address once; drop one of them"
+            )
+        return None
+    return _open_ledger(args.ledger if args.ledger is not None else default_ledger_path())
 
 
 def _redact(text: str) -> str:
@@ -391,10 +459,14 @@ def _send(
     logger.addHandler(handler)
     if logger.level == logging.NOTSET or logger.level > logging.INFO:
         logger.setLevel(logging.INFO)
+    ledger = _ledger_for_send(args)
+    if not args.quiet:
+        sys.stderr.write(_ledger_line(args, ledger) + "\n")
     # The file was checked whole above; read again with the same rules for the job.
     stats = ReadStats()
     try:
         with (
+            contextlib.closing(ledger) if ledger is not None else contextlib.nullcontext(),
             SendmuxClient(
                 api_key, sending_url=args.sending_url, management_url=args.management_url
             ) as client,
@@ -409,6 +481,7 @@ def _send(
                 on_progress=progress,
                 results_path=results,
                 dedupe=not args.keep_duplicates,
+                ledger=ledger,
             )
     except KeyboardInterrupt:
         # A second Ctrl-C (dispatch settles the in-flight batches on the first
@@ -440,8 +513,153 @@ def _send(
     return code
 
 
+def _ledger_line(args: argparse.Namespace, ledger: SqliteLedger | None) -> str:
+    if ledger is None:
+        why = "--keep-duplicates" if args.keep_duplicates and not args.no_ledger else "--no-ledger"
+        return (
+            f"ledger: off ({why}); a re-run is exactly once only if the list and its order "
+            "are unchanged"
+        )
+    held = ledger.stats(args.job_key)
+    if held is None:
+        what = "nothing recorded yet for this job key"
+    else:
+        what = f"{held.accepted:,} already accepted, {held.pending} batches pending a replay"
+    return f"ledger: {ledger.path} ({what})"
+
+
+# ---------------------------------------------------------------- status, prune
+
+
+def _when(epoch: float) -> str:
+    stamp = datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"{stamp} ({_age(time.time() - epoch)} ago)"
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def _status_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sendmux-send status",
+        description="Print what the send ledger holds: per job key, the recipients accepted, "
+        "the batches pending a replay, the last write.",
+    )
+    parser.add_argument("--job-key", help="this job only, with its pending batches")
+    parser.add_argument(
+        "--ledger", type=Path, metavar="PATH", help="the ledger file (default: the state directory)"
+    )
+    return parser
+
+
+def _print_job(stats: JobStats, stream: TextIO) -> None:
+    stream.write(
+        f"job {stats.job_key}: {stats.accepted:,} recipients accepted, {stats.pending} "
+        f"batches pending ({stats.pending_members:,} recipients)\n"
+        f"  first write {_when(stats.created)}\n  last write  {_when(stats.updated)}\n"
+    )
+
+
+def _status(argv: Sequence[str]) -> int:
+    args = _status_parser().parse_args(argv)
+    path = (args.ledger if args.ledger is not None else default_ledger_path()).expanduser()
+    if not path.exists():
+        sys.stdout.write(f"no ledger at {path}: nothing was sent with one there yet\n")
+        return EXIT_OK
+    with contextlib.closing(_open_ledger(path)) as ledger:
+        sys.stdout.write(f"ledger: {path}\n")
+        if args.job_key is None:
+            jobs = ledger.jobs()
+            if not jobs:
+                sys.stdout.write("no jobs recorded\n")
+            for stats in jobs:
+                _print_job(stats, sys.stdout)
+            return EXIT_OK
+        held = ledger.stats(args.job_key)
+        if held is None:
+            sys.stdout.write(f"job {args.job_key}: nothing recorded\n")
+            return EXIT_OK
+        _print_job(held, sys.stdout)
+        now = time.time()
+        for intent in ledger.pending(args.job_key):
+            age = now - intent.created
+            stale = (
+                "  past 23 h: the server may have forgotten the key; not replayed (check "
+                "the delivery logs)"
+                if age > STALE_PENDING_SECONDS
+                else ""
+            )
+            sys.stdout.write(
+                f"  pending {intent.key}: {len(intent.digests)} recipients, resend "
+                f"{intent.attempt}, recorded {_age(age)} ago{stale}\n"
+            )
+    return EXIT_OK
+
+
+def _days(text: str) -> float:
+    value = text.strip().lower().removesuffix("d")
+    try:
+        days = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of days: {text!r} (e.g. 30)") from None
+    if not days >= 0:
+        raise argparse.ArgumentTypeError("--older-than must be 0 days or more")
+    return days
+
+
+def _prune_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sendmux-send prune",
+        description="Forget whole jobs whose last ledger write is older than DAYS. A job that "
+        "runs again after it was pruned sends to everyone: prune only finished work.",
+    )
+    parser.add_argument(
+        "--older-than", required=True, type=_days, metavar="DAYS", help="e.g. 30 (or 30d)"
+    )
+    parser.add_argument("--job-key", help="this job only (with --older-than 0: forget it now)")
+    parser.add_argument(
+        "--ledger", type=Path, metavar="PATH", help="the ledger file (default: the state directory)"
+    )
+    return parser
+
+
+def _prune(argv: Sequence[str]) -> int:
+    args = _prune_parser().parse_args(argv)
+    path = (args.ledger if args.ledger is not None else default_ledger_path()).expanduser()
+    if not path.exists():
+        sys.stdout.write(f"no ledger at {path}: nothing to prune\n")
+        return EXIT_OK
+    with contextlib.closing(_open_ledger(path)) as ledger:
+        count = ledger.prune(args.older_than * 86400.0, job_key=args.job_key)
+    which = f"job {args.job_key}" if args.job_key is not None else "jobs"
+    sys.stdout.write(
+        f"pruned {count} {which} last written more than {args.older_than:g} days ago from {path}\n"
+    )
+    return EXIT_OK
+
+
+_COMMANDS = {"status": _status, "prune": _prune}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] in _COMMANDS:
+        try:
+            return _COMMANDS[arguments[0]](arguments[1:])
+        except _Usage as exc:
+            sys.stderr.write(f"sendmux-send: {_redact(str(exc))}\n")
+            return EXIT_USAGE
+        except LedgerUnavailableError as exc:
+            sys.stderr.write(f"sendmux-send: {_redact(str(exc))}\n")
+            return EXIT_STOPPED
     args = _parser().parse_args(arguments)
     try:
         if args.concurrency < 1:

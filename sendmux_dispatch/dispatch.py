@@ -30,18 +30,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
-from collections.abc import Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from threading import Lock
-from typing import Any, Generic, Literal, TypedDict, TypeVar
+from typing import Any, Generic, Literal, TypedDict, TypeVar, cast
 
 from pydantic import BaseModel
 from typing_extensions import Unpack
 
-from sendmux_dispatch.batching import Duplicate, PlannedBatch, plan_batches
+from sendmux_dispatch.batching import Duplicate, LedgerStage, PlannedBatch, Skipped, plan_batches
 from sendmux_dispatch.client import AsyncSendmuxClient, ClientStats, SendmuxClient
 from sendmux_dispatch.errors import (
     APIError,
@@ -49,13 +51,15 @@ from sendmux_dispatch.errors import (
     IdempotencyConflictError,
     InputError,
     InsufficientCreditsError,
+    LedgerUnavailableError,
     PermissionDeniedError,
     SendmuxError,
     TransportError,
     ValidationError,
 )
+from sendmux_dispatch.ledger import Intent, Ledger
 from sendmux_dispatch.models import Balance, BatchItem, BatchResult, Me
-from sendmux_dispatch.pacing import Pacer
+from sendmux_dispatch.pacing import Pacer, RateLimitState
 from sendmux_dispatch.personalize import Personalizer
 from sendmux_dispatch.recipients import RecipientFailure
 from sendmux_dispatch.report import (
@@ -72,6 +76,7 @@ from sendmux_dispatch.retry import LONG_WAIT_SECONDS, RetryPolicy
 
 __all__ = [
     "DEFAULT_MAX_CONSECUTIVE_FAILURES",
+    "PACER_UNAVAILABLE_AFTER",
     "AsyncDispatcher",
     "DispatchKwargs",
     "DispatchOptions",
@@ -138,6 +143,9 @@ class _Source:
         self.stop: _StopJob | None = None
 
     def __iter__(self) -> Iterator[object]:
+        if self.stop is not None:
+            # The ledger could not be read before the list: read nothing.
+            return
         iterator = iter(self._recipients)
         while True:
             try:
@@ -173,8 +181,173 @@ class _Sleep:
     seconds: float
 
 
-_Step = _Send | _Sleep
-_Steps = Generator[_Step, "BatchResult | SendmuxError | None", None]
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """A blocking ledger call: the sync driver makes it in its worker thread, the
+    async one through ``asyncio.to_thread``; a SendmuxError is sent back, not raised."""
+
+    function: Callable[[], object]
+
+
+_Step = _Send | _Sleep | _Call
+_Steps = Generator[_Step, object, None]
+
+
+#: Seconds a batch keeps retrying a pacer whose shared store (Redis) fails, before
+#: the job stops with ``stop_cause == "outage"`` (the ledger waits as long).
+PACER_UNAVAILABLE_AFTER = 30.0
+
+
+class _PacerUnavailable(SendmuxError):
+    # Not retryable for the client: it would call the pacer again and wait as
+    # long again per attempt. Dispatch stops the job on it instead.
+    default_retryable = False
+
+
+def _pacer_store_failed(error: Exception) -> bool:
+    # A pacer only waits; what can fail in it is its store: redis-py's errors,
+    # limits' storage errors, a socket. Anything else is a bug and propagates.
+    root = type(error).__module__.split(".", 1)[0]
+    return root in ("redis", "limits") or isinstance(error, OSError)
+
+
+class _GuardedPacer:
+    """A pacer whose store failures are retried for a bounded time, then stop the job.
+
+    Without it a Redis blip under a ``RedisPacer`` escaped as a redis-py
+    exception and ended the job with no report. A failure of ``acquire``
+    happens before the request, so the batch was not sent: it is counted
+    ``not_sent`` and the job stops with ``stop_cause == "outage"``.
+    """
+
+    def __init__(self, inner: Pacer) -> None:
+        self.inner = inner
+
+    def _give_up(self, error: Exception, started: float, logged: bool) -> tuple[float, bool]:
+        waited = time.monotonic() - started
+        if isinstance(error, SendmuxError) or not _pacer_store_failed(error):
+            raise error
+        if waited >= PACER_UNAVAILABLE_AFTER:
+            raise _PacerUnavailable(
+                f"the pacer's store failed for {waited:.1f} s "
+                f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+                "this batch was not sent. Bring the store back and re-run the same job key",
+                code="pacer_unavailable",
+            ) from error
+        if not logged and waited >= 1.0:
+            logger.warning(
+                "pacer: its store failed (%s); retrying for up to %.0f s",
+                type(error).__name__,
+                PACER_UNAVAILABLE_AFTER,
+            )
+            logged = True
+        return waited, logged
+
+    def acquire(self) -> None:
+        started, delay, logged = time.monotonic(), 0.05, False
+        while True:
+            try:
+                self.inner.acquire()
+                return
+            except Exception as exc:
+                waited, logged = self._give_up(exc, started, logged)
+            pause = random.uniform(0, delay)  # noqa: S311 - jitter, not secrets
+            time.sleep(max(0.0, min(pause, PACER_UNAVAILABLE_AFTER - waited)))
+            delay = min(delay * 2, 2.0)
+
+    async def aacquire(self) -> None:
+        started, delay, logged = time.monotonic(), 0.05, False
+        while True:
+            try:
+                await self.inner.aacquire()
+                return
+            except Exception as exc:
+                waited, logged = self._give_up(exc, started, logged)
+            pause = random.uniform(0, delay)  # noqa: S311 - jitter, not secrets
+            await asyncio.sleep(max(0.0, min(pause, PACER_UNAVAILABLE_AFTER - waited)))
+            delay = min(delay * 2, 2.0)
+
+    @staticmethod
+    def _advisory(error: Exception) -> None:
+        # observe/pause only tighten the pace: a store outage there is logged,
+        # and the next acquire meets it (and stops the job if it lasts).
+        if isinstance(error, SendmuxError) or not _pacer_store_failed(error):
+            raise error
+        logger.debug("pacer: could not record the server's rate-limit state", exc_info=True)
+
+    def observe(self, state: RateLimitState) -> None:
+        try:
+            self.inner.observe(state)
+        except Exception as exc:
+            self._advisory(exc)
+
+    async def aobserve(self, state: RateLimitState) -> None:
+        try:
+            await self.inner.aobserve(state)
+        except Exception as exc:
+            self._advisory(exc)
+
+    def pause(self, seconds: float) -> None:
+        try:
+            self.inner.pause(seconds)
+        except Exception as exc:
+            self._advisory(exc)
+
+    async def apause(self, seconds: float) -> None:
+        try:
+            await self.inner.apause(seconds)
+        except Exception as exc:
+            self._advisory(exc)
+
+
+def _guarded(pacer: Pacer | None) -> Pacer | None:
+    return None if pacer is None else _GuardedPacer(pacer)
+
+
+def _ledger_stop(error: SendmuxError) -> _StopJob:
+    return _StopJob(error, "ledger")
+
+
+_ALREADY = SendmuxError("already accepted for this job (send ledger)", code="already_accepted")
+_CLAIMED = SendmuxError(
+    "recorded as being sent by another run of this job (send ledger); that run, or the "
+    "next re-run, settles it",
+    code="claimed_by_another_run",
+)
+
+
+def _pending(ledger: Ledger | None, job_key: str, source: _Source) -> _Held:
+    """What the ledger holds for the job as the run begins (read before the list)."""
+    if ledger is None:
+        return _Held()
+    try:
+        return _Held(ledger.pending(job_key), ledger.stats(job_key) is None)
+    except LedgerUnavailableError as exc:
+        source.stop = _ledger_stop(exc)
+        return _Held()
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    intents: Sequence[Intent] = ()
+    fresh: bool = False
+
+
+def _ledger_stage(
+    ledger: Ledger | None, job_key: str, source: _Source, held: _Held
+) -> LedgerStage | None:
+    """Planning's view of the ledger; an outage there stops the job like a bad line."""
+    if ledger is None:
+        return None
+
+    def accepted_among(digests: Sequence[int]) -> set[int]:
+        try:
+            return ledger.accepted_among(job_key, digests)
+        except LedgerUnavailableError as exc:
+            source.stop = source.stop or _ledger_stop(exc)
+            raise
+
+    return LedgerStage(accepted_among, held.intents, fresh=held.fresh)
 
 
 class _Tally:
@@ -218,17 +391,32 @@ class _Tally:
                 position=position, email=email, status=status, code=code, message=message
             )
 
-    def plan_item(self, item: RecipientFailure | Duplicate) -> None:
+    def plan_item(self, item: RecipientFailure | Duplicate | Skipped) -> None:
         with self.lock:
             if isinstance(item, RecipientFailure):
                 self.report.invalid += 1
                 self._fail(item.position, item.email, item.code, item.reason, Outcome.INVALID)
+            elif isinstance(item, Skipped):
+                self._skipped(item)
             else:
                 self.report.duplicates_dropped += 1
                 if self.writer is not None:
                     self.writer.write(
                         position=item.position, email=item.email, status=Outcome.DUPLICATE
                     )
+
+    def _skipped(self, item: Skipped) -> None:
+        outcome = Outcome(item.status)
+        if outcome is Outcome.ALREADY_ACCEPTED:
+            self.report.already_accepted += 1
+            if self.writer is not None:
+                self.writer.write(position=item.position, email=item.email, status=outcome)
+            return
+        if outcome is Outcome.FAILED:
+            self.report.failed += 1
+        else:
+            self.report.not_sent += 1
+        self._fail(item.position, item.email, item.code or item.status, item.message or "", outcome)
 
     def items(self, batch: PlannedBatch, result: BatchResult, *, final: bool) -> list[int]:
         """Record a batch answer; return the indexes worth sending again."""
@@ -304,21 +492,103 @@ def _issues_by_index(error: ValidationError) -> dict[int, str]:
     return {index: "; ".join(messages) for index, messages in found.items()}
 
 
+def _begin(
+    batch: PlannedBatch, tally: _Tally, ledger: Ledger
+) -> Generator[_Step, object, PlannedBatch | None]:
+    """Record ``batch`` as pending before it is sent; drop members already taken.
+
+    Returns the batch to send (rebuilt under a new content key when members
+    were dropped), or None when nothing is left to send.
+    """
+    job_key = tally.report.job_key
+    current = batch
+    while True:
+        digests = current.digests
+        reply = yield _Call(
+            partial(ledger.begin, job_key, Intent(current.idempotency_key, digests))
+        )
+        if isinstance(reply, SendmuxError):
+            # Never sent what could not be recorded.
+            tally.whole_batch(current, Outcome.NOT_SENT, reply)
+            raise _ledger_stop(reply)
+        assert isinstance(reply, set)
+        if not reply:
+            return current
+        taken: set[int] = reply
+        found = yield _Call(partial(ledger.accepted_among, job_key, sorted(taken)))
+        if isinstance(found, SendmuxError):
+            tally.whole_batch(current, Outcome.NOT_SENT, found)
+            raise _ledger_stop(found)
+        assert isinstance(found, set)
+        accepted = [i for i, digest in enumerate(digests) if digest in found]
+        claimed = [i for i, digest in enumerate(digests) if digest in taken and digest not in found]
+        keep = [i for i, digest in enumerate(digests) if digest not in taken]
+        if accepted:
+            tally.whole_batch(
+                current.rebuilt(accepted, job_key), Outcome.ALREADY_ACCEPTED, _ALREADY
+            )
+        if claimed:
+            tally.whole_batch(current.rebuilt(claimed, job_key), Outcome.NOT_SENT, _CLAIMED)
+        if not keep:
+            return None
+        current = current.rebuilt(keep, job_key)
+
+
+def _record(
+    ledger: Ledger, job_key: str, key: str, accepted: Sequence[int], successor: Intent | None = None
+) -> Generator[_Step, object, SendmuxError | None]:
+    """``finish`` the intent ``key``; the error if the ledger could not record it."""
+    reply = yield _Call(partial(ledger.finish, job_key, key, accepted, successor))
+    return reply if isinstance(reply, SendmuxError) else None
+
+
 def _batch_steps(
     batch: PlannedBatch, tally: _Tally, options: DispatchOptions, policy: RetryPolicy
 ) -> _Steps:
-    """The life of one planned batch, as the steps a driver must carry out."""
-    current = batch
-    attempt = 0
+    """The life of one planned batch, as the steps a driver must carry out.
+
+    With a ledger: ``begin`` before the first request (a replay batch is
+    already recorded), ``finish`` after every definitive answer, the resend
+    recorded as the successor in the same write (docs/ledger.md).
+    """
+    ledger = options.ledger
+    job_key = tally.report.job_key
+    current: PlannedBatch | None = batch
+    # What the ledger holds under the current key: a replay's full member
+    # list, including members absent from this run's list.
+    recorded: tuple[int, ...] = ()
+    if ledger is not None:
+        if batch.intent is not None:
+            recorded = batch.intent.digests
+        else:
+            current = yield from _begin(batch, tally, ledger)
+            if current is None:
+                return
+            recorded = current.digests
+    assert current is not None
+    attempt = current.attempt
     while True:
         outcome = yield _Send(current)
+        if isinstance(outcome, _PacerUnavailable):
+            # Never left: the pacer failed before the request (a begun intent
+            # stays pending and is simply sent on the re-run).
+            tally.whole_batch(current, Outcome.NOT_SENT, outcome)
+            raise _StopJob(outcome, "outage", f"{type(outcome).__name__}: {outcome.message}")
         if isinstance(outcome, IdempotencyConflictError) and not outcome.retryable:
             # The key already carried an accepted request for this work.
             tally.failure_streak(None)
             tally.whole_batch(current, Outcome.ALREADY_ACCEPTED, outcome)
+            if ledger is not None:
+                error = yield from _record(ledger, job_key, current.idempotency_key, recorded)
+                if error is not None:
+                    raise _ledger_stop(error)
             return
         if isinstance(outcome, _JOB_STOPPERS):
             tally.whole_batch(current, Outcome.NOT_SENT, outcome)
+            if ledger is not None:
+                # Refused whole: nothing accepted, the members are free again.
+                # A failed write only leaves it pending (a replay is harmless).
+                yield from _record(ledger, job_key, current.idempotency_key, ())
             raise _StopJob(
                 outcome, "credits" if isinstance(outcome, InsufficientCreditsError) else "auth"
             )
@@ -329,6 +599,13 @@ def _batch_steps(
             raise _StopJob(outcome, "rate_limited")
         if isinstance(outcome, SendmuxError):
             tally.whole_batch(current, Outcome.FAILED, outcome)
+            if ledger is not None and not outcome.retryable:
+                # A definitive refusal of the whole request (400, 413, 422):
+                # nothing was accepted. A retryable one may have been, so its
+                # intent stays pending and the re-run replays it.
+                error = yield from _record(ledger, job_key, current.idempotency_key, ())
+                if error is not None:
+                    raise _ledger_stop(error)
             streak = tally.failure_streak(outcome)
             limit = options.max_consecutive_failures
             if limit and streak >= limit:
@@ -343,7 +620,26 @@ def _batch_steps(
         assert isinstance(outcome, BatchResult)
         tally.failure_streak(None)
         resend = tally.items(current, outcome, final=attempt >= options.max_resends)
-        if not resend:
+        following = current.subset(resend, attempt + 1) if resend else None
+        if ledger is not None:
+            digests = current.digests
+            ok = sorted({item.index for item in outcome.results if item.ok})
+            accepted = [digests[i] for i in ok if 0 <= i < len(digests)]
+            successor = (
+                None
+                if following is None
+                else Intent(following.idempotency_key, following.digests, attempt + 1)
+            )
+            error = yield from _record(
+                ledger, job_key, current.idempotency_key, accepted, successor
+            )
+            if error is not None:
+                if following is not None:
+                    tally.whole_batch(following, Outcome.NOT_SENT, error)
+                raise _ledger_stop(error)
+            if successor is not None:
+                recorded = successor.digests
+        if following is None:
             return
         attempt += 1
         delay = policy.next_delay(attempt)
@@ -356,7 +652,7 @@ def _batch_steps(
                 attempt,
             )
         yield _Sleep(delay)
-        current = current.subset(resend, attempt)
+        current = following
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -379,6 +675,8 @@ class DispatchOptions:
     * ``max_consecutive_failures``: batches in a row failing the same way (5xx,
       connection errors, 429s, after the client's retries) stop the job with
       ``stop_cause == "outage"``; 0 disables the breaker.
+    * ``ledger``: a :class:`~sendmux_dispatch.ledger.Ledger` that makes re-runs
+      exactly once even when the list changed (docs/ledger.md); needs ``dedupe``.
     """
 
     concurrency: int = 4
@@ -391,6 +689,7 @@ class DispatchOptions:
     dedupe: bool = True
     per_message_keys: bool = False
     max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES
+    ledger: Ledger | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -399,6 +698,8 @@ class DispatchOptions:
             raise ValueError("max_resends must be 0 or more")
         if self.max_consecutive_failures < 0:
             raise ValueError("max_consecutive_failures must be 0 (no breaker) or more")
+        if self.ledger is not None and not self.dedupe:
+            raise ValueError("a ledger records each address once: dedupe must stay on with it")
 
 
 class DispatchKwargs(TypedDict, total=False):
@@ -418,6 +719,7 @@ class DispatchKwargs(TypedDict, total=False):
     dedupe: bool
     per_message_keys: bool
     max_consecutive_failures: int
+    ledger: Ledger | None
 
 
 # What the job loop (``_Job.steps``) needs done; each driver carries these out
@@ -448,8 +750,8 @@ class _Await:
     every: bool
 
 
-_JobStep = _Fetch | _Submit | _Await
-_JobReply = Me | Balance | SendmuxError | list[BaseException | None] | None
+_JobStep = _Fetch | _Submit | _Await | _Call
+_JobReply = Me | Balance | SendmuxError | list[BaseException | None] | _Held | None
 _JobSteps = Generator[_JobStep, _JobReply, DispatchReport]
 
 
@@ -478,14 +780,8 @@ class _Job:
         # The blocking driver settles on the first Ctrl-C; in asyncio a
         # KeyboardInterrupt is not ours to absorb (cancellation is the stop).
         self.interruptible = interruptible
+        self.template = template
         self.source = _Source(recipients)
-        self.plan = plan_batches(
-            template,
-            self.source,
-            job_key=job_key,
-            dedupe=options.dedupe,
-            per_message_keys=options.per_message_keys,
-        )
         self.tally: _Tally | None = None
         self.stop: _StopJob | None = None
         self.in_flight = 0
@@ -503,9 +799,24 @@ class _Job:
         self.tally = tally = _Tally(
             self.job_key, options.max_failures, options.results_path, time.monotonic()
         )
+        # Read before the list: a re-run holds the members of pending batches
+        # aside and replays them under their recorded keys (docs/ledger.md).
+        pending = _Held()
+        if options.ledger is not None:
+            reply = yield _Call(partial(_pending, options.ledger, self.job_key, self.source))
+            assert isinstance(reply, _Held)
+            pending = reply
+        plan = plan_batches(
+            self.template,
+            self.source,
+            job_key=self.job_key,
+            dedupe=options.dedupe,
+            per_message_keys=options.per_message_keys,
+            ledger=_ledger_stage(options.ledger, self.job_key, self.source, pending),
+        )
         held: PlannedBatch | None = None
         try:
-            for item in self.plan:
+            for item in plan:
                 if not isinstance(item, PlannedBatch):
                     tally.plan_item(item)
                     continue
@@ -535,7 +846,7 @@ class _Job:
         self.stop = self.stop or self.source.stop
         # A KeyboardInterrupt while waiting here propagates: the driver abandons them.
         self._settle((yield _Await(every=True)))
-        return _finish(tally, self.plan.stats.recipients, self.plan.stats.batches, self.stop)
+        return _finish(tally, plan.stats.recipients, plan.stats.batches, self.stop)
 
     def _settle(self, ended: _JobReply) -> None:
         assert isinstance(ended, list)
@@ -554,6 +865,14 @@ class _Job:
         """Close the results file; drivers call it once no batch of theirs can write."""
         if self.tally is not None and self.tally.writer is not None:
             self.tally.writer.close()
+
+
+def _call(step: _Call) -> _JobReply:
+    """Carry out a job-level ``_Call`` (the ledger read before planning)."""
+    try:
+        return cast("_JobReply", step.function())
+    except SendmuxError as exc:
+        return exc
 
 
 _C = TypeVar("_C", SendmuxClient, AsyncSendmuxClient)
@@ -598,6 +917,8 @@ class Dispatcher(_DispatcherBase[SendmuxClient]):
                     in_flight, return_when=ALL_COMPLETED if step.every else FIRST_COMPLETED
                 )
                 return [future.exception() for future in done]
+            if isinstance(step, _Call):
+                return _call(step)
             try:
                 return self.client.me() if step.what == "me" else self.client.balance()
             except SendmuxError as exc:
@@ -637,16 +958,21 @@ class Dispatcher(_DispatcherBase[SendmuxClient]):
         steps = _batch_steps(batch, tally, self.options, self.client.retry)
         step = next(steps)
         while True:
-            reply: BatchResult | SendmuxError | None = None
+            reply: object = None
             if isinstance(step, _Sleep):
                 # The client's policy waits, so a test's no-op sleep covers resends too.
                 self.client.retry.sleep(step.seconds)
+            elif isinstance(step, _Call):
+                try:
+                    reply = step.function()
+                except SendmuxError as exc:
+                    reply = exc
             else:
                 try:
                     reply = self.client.send_batch_body(
                         step.batch.to_json(),
                         idempotency_key=step.batch.idempotency_key,
-                        pacer=self.options.pacer,
+                        pacer=_guarded(self.options.pacer or self.client.pacer),
                         stats=tally.calls,
                     )
                 except SendmuxError as exc:
@@ -688,6 +1014,8 @@ class AsyncDispatcher(_DispatcherBase[AsyncSendmuxClient]):
                     return_when=asyncio.ALL_COMPLETED if step.every else asyncio.FIRST_COMPLETED,
                 )
                 return [task.exception() for task in done]
+            if isinstance(step, _Call):
+                return await asyncio.to_thread(_call, step)
             try:
                 return await (self.client.me() if step.what == "me" else self.client.balance())
             except SendmuxError as exc:
@@ -716,15 +1044,20 @@ class AsyncDispatcher(_DispatcherBase[AsyncSendmuxClient]):
         steps = _batch_steps(batch, tally, self.options, self.client.retry)
         step = next(steps)
         while True:
-            reply: BatchResult | SendmuxError | None = None
+            reply: object = None
             if isinstance(step, _Sleep):
                 await self.client.retry.async_sleep(step.seconds)
+            elif isinstance(step, _Call):
+                try:
+                    reply = await asyncio.to_thread(step.function)
+                except SendmuxError as exc:
+                    reply = exc
             else:
                 try:
                     reply = await self.client.send_batch_body(
                         step.batch.to_json(),
                         idempotency_key=step.batch.idempotency_key,
-                        pacer=self.options.pacer,
+                        pacer=_guarded(self.options.pacer or self.client.pacer),
                         stats=tally.calls,
                     )
                 except SendmuxError as exc:

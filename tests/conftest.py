@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import pytest
 
@@ -34,6 +35,15 @@ def redis_url() -> str:
             pytest.fail(f"{reason} (CI=true: Redis tests must run, not skip)")
         pytest.skip(f"{reason}; start redis-server or set SENDMUX_TEST_REDIS_URL")
     return url
+
+
+@pytest.fixture(autouse=True)
+def state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test its own ``XDG_STATE_HOME``: ``sendmux-send`` keeps its send ledger
+    there by default, and a test must neither read nor leave one in ~/.local/state."""
+    home = tmp_path / "state"
+    monkeypatch.setenv("XDG_STATE_HOME", str(home))
+    return home
 
 
 # --- Sendmux client fixtures (sandbox on loopback) ----------------------------

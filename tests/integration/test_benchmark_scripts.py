@@ -85,3 +85,16 @@ def test_soak_benchmark_checks_exactly_once_through_faults() -> None:
     required = {name: ok for name, ok in checks.items() if name != "every fault kind fired"}
     assert set(required.values()) == {"yes"}, output
     assert code == (0 if checks["every fault kind fired"] == "yes" else 1), output
+
+
+def test_ledger_benchmark_compares_backends_and_sends_everyone_once(redis_url: str) -> None:
+    code, output = run_script(
+        "bench_ledger.py",
+        *("--messages", "300", "--repeats", "1", "--memory-n", "300"),
+        *("--redis-url", redis_url),
+    )
+    assert code in (0, 1), output
+    assert "## Send ledger" in output
+    assert re.search(r"sqlite \*\*[\d.]+x\*\*, redis \*\*[\d.]+x\*\*", output), output
+    assert output.count("| yes |") == 3, output  # every memory run: exactly once
+    assert ("NOT met" in output) == (code == 1), output

@@ -1,10 +1,11 @@
 """The server-facing half of the ledger's crash-window argument (docs/ledger.md), on the sandbox.
 
-Dispatch is not wired to the ledger yet; these tests play its part by hand
-(begin, send, "crash" before finish, re-run) to check what the design rests
-on: a pending batch rebuilt from a changed list and sent under its recorded
-key is never delivered twice, and is delivered when the first try never
-reached the server.
+These tests play dispatch's part by hand (begin, send, "crash" before
+finish, re-run) to check what the design rests on, at the level of single
+requests (dispatch itself: test_dispatch_ledger.py): a pending batch
+rebuilt from a changed list and sent under its recorded key is never
+delivered twice, and is delivered when the first try never reached the
+server.
 """
 
 from __future__ import annotations

@@ -357,8 +357,12 @@ def test_digest_set_memory_per_million_is_bounded() -> None:
 def test_keys_are_stable_across_runs_and_processes() -> None:
     # Literal values: the derivation is deterministic (no hash seed, no clock).
     assert (
-        batch_idempotency_key("newsletter/2026-05", 3, ["ann@example.com", "bob@example.com"])
-        == "newsletter-2026-05-3-71986306fa40afdf0bb10aac1dbaba18"
+        batch_idempotency_key("newsletter/2026-05", ["ann@example.com", "bob@example.com"])
+        == "newsletter-2026-05-fe5169e48b6799bad4e224f2a7154cca"
+    )
+    assert (
+        batch_idempotency_key("newsletter/2026-05", ["ann@example.com", "bob@example.com"], index=3)
+        == "newsletter-2026-05-b64831bdb9f3b5cef1b6db7864ec0da8"
     )
     assert (
         message_idempotency_key("newsletter/2026-05", 7, "Ann@Example.com")
@@ -370,15 +374,35 @@ def test_keys_are_stable_across_runs_and_processes() -> None:
 
 
 def test_different_work_gets_different_keys() -> None:
-    base = batch_idempotency_key("job", 0, ["a@example.com"])
-    assert batch_idempotency_key("job2", 0, ["a@example.com"]) != base
-    assert batch_idempotency_key("job", 1, ["a@example.com"]) != base
-    assert batch_idempotency_key("job", 0, ["b@example.com"]) != base
-    assert batch_idempotency_key("job", 0, ["a@example.com", "b@example.com"]) != base
+    base = batch_idempotency_key("job", ["a@example.com"])
+    assert batch_idempotency_key("job2", ["a@example.com"]) != base
+    assert batch_idempotency_key("job", ["b@example.com"]) != base
+    assert batch_idempotency_key("job", ["a@example.com", "b@example.com"]) != base
+    assert batch_idempotency_key("job", ["b@example.com", "a@example.com"]) != (
+        batch_idempotency_key("job", ["a@example.com", "b@example.com"])
+    )
+    # With dedupe off the position is hashed in; an index never passes for an identity.
+    assert batch_idempotency_key("job", ["a@example.com"], index=1) != base
+    assert batch_idempotency_key("job", ["a@example.com"], index=0) != base
+    assert batch_idempotency_key("job", ["a@example.com"], index=1) != batch_idempotency_key(
+        "job", ["a@example.com"], index=2
+    )
+    assert batch_idempotency_key("job", ["1", "a@example.com"]) != batch_idempotency_key(
+        "job", ["a@example.com"], index=1
+    )
     # Slugs that look alike do not make keys alike: the digest covers the whole job key.
-    assert batch_idempotency_key("job/a", 0, []) != batch_idempotency_key("job a", 0, [])
+    assert batch_idempotency_key("job/a", []) != batch_idempotency_key("job a", [])
     # Length-prefixed parts: moving a boundary changes the key.
-    assert batch_idempotency_key("j", 0, ["ab", "c"]) != batch_idempotency_key("j", 0, ["a", "bc"])
+    assert batch_idempotency_key("j", ["ab", "c"]) != batch_idempotency_key("j", ["a", "bc"])
+
+
+def test_keys_depend_on_content_not_position() -> None:
+    # Rows inserted in front shift every later batch's position, not its content.
+    plain = split(plan_batches(TEMPLATE, people(200), job_key="x", max_messages=50))[0]
+    shifted_rows = [*people(50, start=1000), *people(200)]
+    shifted = split(plan_batches(TEMPLATE, shifted_rows, job_key="x", max_messages=50))[0]
+    assert [b.idempotency_key for b in shifted[1:]] == [b.idempotency_key for b in plain]
+    assert [b.index for b in shifted[1:]] != [b.index for b in plain]
 
 
 @settings(max_examples=300)
@@ -388,7 +412,9 @@ def test_different_work_gets_different_keys() -> None:
     identities=st.lists(st.text(max_size=80), max_size=5),
 )
 def test_keys_always_fit_the_api_pattern(job_key: str, index: int, identities: list[str]) -> None:
-    key = batch_idempotency_key(job_key, index, identities)
+    key = batch_idempotency_key(job_key, identities)
+    assert KEY.fullmatch(key)
+    key = batch_idempotency_key(job_key, identities, index=index)
     assert KEY.fullmatch(key)
     assert KEY.fullmatch(message_idempotency_key(job_key, index, "a@example.com"))
 
@@ -397,9 +423,7 @@ def test_keys_always_fit_the_api_pattern(job_key: str, index: int, identities: l
 @given(st.text(min_size=1, max_size=50), st.text(min_size=1, max_size=50))
 def test_different_job_keys_never_share_a_key(one: str, two: str) -> None:
     if one != two:
-        assert batch_idempotency_key(one, 0, ["a@x.io"]) != batch_idempotency_key(
-            two, 0, ["a@x.io"]
-        )
+        assert batch_idempotency_key(one, ["a@x.io"]) != batch_idempotency_key(two, ["a@x.io"])
 
 
 def test_job_key_for_is_unambiguous_and_readable() -> None:
