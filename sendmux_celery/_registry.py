@@ -31,6 +31,21 @@ def batch_task_id(idempotency_key: str) -> str:
     return f"sendmux-batch-{idempotency_key}"
 
 
+def _route(app: Any, queue: str) -> None:
+    # A route, not the task's ``queue`` attribute (deprecated in Celery 5.x,
+    # gone in 6). Ours go first; the app's own routes still apply to the rest.
+    ours = {SEND_EMAIL: {"queue": queue}, SEND_BATCH: {"queue": queue}}
+    routes = app.conf.task_routes
+    if routes is None:
+        app.conf.task_routes = ours
+    elif isinstance(routes, Mapping):
+        app.conf.task_routes = {**routes, **ours}
+    elif isinstance(routes, (list, tuple)):
+        app.conf.task_routes = [ours, *routes]
+    else:
+        app.conf.task_routes = [ours, routes]
+
+
 def register(
     app: Any,
     *,
@@ -40,7 +55,8 @@ def register(
 ) -> RegisteredTasks:
     """Register ``sendmux.send_email`` and ``sendmux.send_batch`` on ``app``.
 
-    ``queue``: the queue they are routed to (Celery's default queue if none);
+    ``queue``: the queue they are routed to (added to ``app.conf.task_routes``;
+    Celery's default queue if none);
     ``retry_policy``: the task-level retries (:data:`DEFAULT_TASK_RETRY`), its
     ``deadline`` at most 12 h; other keywords are Celery task options
     (``time_limit``, ``soft_time_limit``, ``priority``, ``rate_limit``, ...).
@@ -59,7 +75,7 @@ def register(
         SendmuxTask.sendmux_retry_policy if retry_policy is None else retry_policy
     )
     if queue is not None:
-        options["queue"] = queue
+        _route(app, queue)
 
     def send_email(
         self: SendmuxTask, message: Mapping[str, Any], idempotency_key: str
@@ -75,8 +91,11 @@ def register(
     for name, fun in ((SEND_EMAIL, send_email), (SEND_BATCH, send_batch)):
         fun.__doc__ = getattr(_bodies, fun.__name__).__doc__
         # lazy=False: made now, so the shared tasks (built when the app is
-        # finalized) cannot silently take the name and drop these options.
-        task = app.task(name=name, base=SendmuxTask, bind=True, lazy=False, **options)(fun)
+        # finalized) cannot silently take the name and drop these options;
+        # shared=False: Celery would otherwise put them on every app of the process.
+        task = app.task(
+            name=name, base=SendmuxTask, bind=True, lazy=False, shared=False, **options
+        )(fun)
         if type(task).__dict__.get("__wrapped__") is not fun:
             raise ValueError(
                 f"{name} is already registered on this app (a second register() call, or the "
