@@ -30,7 +30,7 @@ pytest.importorskip("celery")
 
 from celery import Celery
 
-from sendmux_celery import SEND_BATCH, batch_task_id
+from sendmux_celery import SEND_BATCH, SEND_EMAIL, batch_task_id
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -158,6 +158,9 @@ class Worker:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)  # warm shutdown
 
+    def send_email(self, message: dict[str, Any], key: str) -> Any:
+        return self.producer.send_task(SEND_EMAIL, args=[message, key], queue=self.queue)
+
     def stop(self) -> None:
         self.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -272,6 +275,34 @@ def test_batch_of_100_is_delivered_once_even_when_sent_twice(worker: Worker, san
     assert sandbox.stats()["idempotent_replays"] == 1
     _assert_each_once(sandbox, 100, tag)
     _assert_no_key(first, sandbox)
+
+
+def test_one_email_and_a_batch_with_invalid_messages(rabbitmq_worker: Worker, sandbox: Any) -> None:
+    tag = uuid.uuid4().hex[:8]
+    [message] = _messages(1, tag)
+    email = _final(rabbitmq_worker.send_email(message, f"job-{tag}-one"))
+    again = _final(rabbitmq_worker.send_email(message, f"job-{tag}-one"))
+    assert email["status"] == "sent"
+    assert again["message_id"] == email["message_id"]
+    assert len(sandbox.messages(f"{tag}-0@example.com")) == 1
+
+    mixed = _messages(3, f"{tag}m")
+    mixed[1]["to"] = "not-an-address"
+    summary = _final(rabbitmq_worker.send_batch(mixed, f"job-{tag}-mixed"))
+    assert summary["status"] == "partial"
+    assert summary["counts"]["queued"] == 2
+    assert summary["counts"]["invalid"] == 1
+    assert [f["index"] for f in summary["failures"]] == [1]
+    assert summary["message_ids"][1] is None
+    assert all(summary["message_ids"][i] for i in (0, 2))
+
+    requests = sandbox.stats()["requests_by_api"].get("sending", 0)
+    none_valid = _final(rabbitmq_worker.send_batch([mixed[1]], f"job-{tag}-none"))
+    assert none_valid["status"] == "failed"
+    assert none_valid["error"]["code"] == "invalid_message"
+    assert none_valid["counts"]["invalid"] == 1
+    assert sandbox.stats()["requests_by_api"].get("sending", 0) == requests  # no request
+    assert sandbox.stats()["accepted_messages"] == 3
 
 
 def test_batch_retried_through_503s_and_a_dropped_connection_is_delivered_once(
