@@ -91,7 +91,7 @@ def _recipient(message: Mapping[str, Any] | Any) -> str | None:
 
 def _status(counts: Mapping[str, int], total: int) -> str:
     done = counts[Outcome.QUEUED.value] + counts[Outcome.ALREADY_ACCEPTED.value]
-    if done == total:
+    if total and done == total:
         return "sent"
     return "partial" if done else "failed"
 

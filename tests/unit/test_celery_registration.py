@@ -94,3 +94,23 @@ def test_the_pack_does_not_speak_http_itself() -> None:
             if isinstance(node, ast.ImportFrom)
         }
         assert not imported & {"httpx", "requests", "urllib3", "sendmux_airflow"}, path.name
+
+
+@pytest.mark.parametrize(
+    ("messages", "key", "code"),
+    [
+        ([], "job-1-batch-0", "invalid_count"),
+        ([{"to": "a@example.com"}] * 101, "job-1-batch-0", "invalid_count"),
+        ([{"to": "a@example.com"}], "no spaces allowed", "invalid"),
+        ([{"to": "a@example.com"}], "", "invalid"),
+    ],
+)
+def test_a_batch_that_cannot_be_sent_fails_before_any_setting_or_request(
+    messages: list[dict[str, str]], key: str, code: str
+) -> None:
+    # No API key and no URL configured: the verdict comes before they are needed.
+    summary = register(_app()).send_batch.apply(args=[messages, key]).get()
+    assert summary["status"] == "failed"
+    assert summary["error"]["errors"][0]["code"] == code
+    assert summary["counts"]["queued"] == 0
+    assert summary["counts"]["invalid"] == len(messages)
