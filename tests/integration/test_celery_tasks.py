@@ -31,6 +31,7 @@ pytest.importorskip("celery")
 from celery import Celery
 
 from sendmux_celery import SEND_BATCH, SEND_EMAIL, batch_task_id
+from sendmux_dispatch import key_fingerprint
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -89,6 +90,7 @@ class Worker:
         self.broker = broker
         self.backend = backend
         self.log = log
+        self.pacer_url = env.get("SENDMUX_CELERY_PACER")
         environ = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(REPO), str(HERE)]),
@@ -204,9 +206,14 @@ def rabbitmq_worker(start_worker: Callable[..., Worker], rabbitmq_url: str) -> W
 
 
 @pytest.fixture(scope="module")
-def redis_worker(start_worker: Callable[..., Worker], redis_broker_url: str) -> Worker:
+def redis_worker(
+    start_worker: Callable[..., Worker], redis_broker_url: str, redis_url: str
+) -> Worker:
     # Longer than any task here: a shorter one would hand a running task to a second worker.
-    return start_worker(redis_broker_url, SENDMUX_CELERY_VISIBILITY="30")
+    # This worker also paces through the shared Redis pacer (app.conf.sendmux_pacer_url).
+    return start_worker(
+        redis_broker_url, SENDMUX_CELERY_VISIBILITY="30", SENDMUX_CELERY_PACER=redis_url
+    )
 
 
 @pytest.fixture(params=["rabbitmq", "redis"])
@@ -257,10 +264,25 @@ def _assert_no_key(summary: dict[str, Any], sandbox: Any) -> None:
     assert "smx_" not in text
 
 
+def _pacer_keys(url: str, api_key: str, *, delete: bool = False) -> list[str]:
+    import redis
+
+    store = redis.Redis.from_url(url)
+    try:
+        keys = [k.decode() for k in store.keys(f"*{key_fingerprint(api_key)}*")]
+        if delete and keys:
+            store.delete(*keys)
+        return [k.decode() for k in store.keys("sendmux:pacer*")]
+    finally:
+        store.close()
+
+
 def test_batch_of_100_is_delivered_once_even_when_sent_twice(worker: Worker, sandbox: Any) -> None:
     tag = uuid.uuid4().hex[:8]
     messages = _messages(100, tag)
     key = f"job-{tag}-batch-0"
+    if worker.pacer_url:
+        _pacer_keys(worker.pacer_url, sandbox.api_key, delete=True)  # none left from before
 
     sent = worker.send_batch(messages, key)
     first = _final(sent)
@@ -275,6 +297,11 @@ def test_batch_of_100_is_delivered_once_even_when_sent_twice(worker: Worker, san
     assert sandbox.stats()["idempotent_replays"] == 1
     _assert_each_once(sandbox, 100, tag)
     _assert_no_key(first, sandbox)
+    if worker.pacer_url:
+        keys = _pacer_keys(worker.pacer_url, sandbox.api_key)
+        # The two requests went through the shared pacer, filed under the key's fingerprint.
+        assert any(key_fingerprint(sandbox.api_key) in k for k in keys)
+        assert not any(sandbox.api_key in k for k in keys)
 
 
 def test_one_email_and_a_batch_with_invalid_messages(rabbitmq_worker: Worker, sandbox: Any) -> None:
