@@ -1,0 +1,46 @@
+"""Celery task pack for Sendmux: batches that survive killed workers and redelivery.
+
+``register(app)`` puts ``sendmux.send_email`` and ``sendmux.send_batch`` on a
+Celery app; ``sendmux_celery.tasks`` holds the same as shared tasks for
+autodiscovery (not imported here, so importing the package registers nothing).
+Only ``sendmux_dispatch`` speaks HTTP. See docs/celery.md.
+"""
+
+from sendmux_celery._bodies import EmailSummary
+from sendmux_celery._process import close_clients, worker_client
+from sendmux_celery._registry import (
+    SEND_BATCH,
+    SEND_EMAIL,
+    RegisteredTasks,
+    batch_task_id,
+    register,
+)
+from sendmux_celery._results import BatchSummary, ErrorInfo, FailureInfo
+from sendmux_celery._settings import API_KEY_ENV, SendmuxSettings, SettingsError
+from sendmux_celery._task import (
+    DEFAULT_TASK_RETRY,
+    MAX_COUNTDOWN,
+    MAX_RETRY_DEADLINE,
+    SendmuxTask,
+)
+
+__all__ = [
+    "API_KEY_ENV",
+    "DEFAULT_TASK_RETRY",
+    "MAX_COUNTDOWN",
+    "MAX_RETRY_DEADLINE",
+    "SEND_BATCH",
+    "SEND_EMAIL",
+    "BatchSummary",
+    "EmailSummary",
+    "ErrorInfo",
+    "FailureInfo",
+    "RegisteredTasks",
+    "SendmuxSettings",
+    "SendmuxTask",
+    "SettingsError",
+    "batch_task_id",
+    "close_clients",
+    "register",
+    "worker_client",
+]

@@ -1,0 +1,220 @@
+"""What ``sendmux.send_email`` and ``sendmux.send_batch`` do (the task functions call these)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any, TypedDict
+
+from sendmux_celery._results import BatchSummary, ErrorInfo, error_info, summarize
+from sendmux_celery._settings import SettingsError
+from sendmux_celery._task import SendmuxTask
+from sendmux_dispatch.errors import (
+    AuthenticationError,
+    FieldIssue,
+    IdempotencyConflictError,
+    InsufficientCreditsError,
+    InvalidMessageError,
+    PermissionDeniedError,
+    SendmuxError,
+)
+from sendmux_dispatch.models import WireMessage, api_limits, batch_body, wire_message
+from sendmux_dispatch.report import Outcome
+
+__all__ = ["EmailSummary", "send_batch", "send_email"]
+
+logger = logging.getLogger("sendmux_celery")
+
+_KEY = re.compile(api_limits.IDEMPOTENCY_KEY_PATTERN)
+#: Every batch of the job would fail the same way: nothing was sent.
+_NOT_SENT = (AuthenticationError, PermissionDeniedError, InsufficientCreditsError, SettingsError)
+
+
+class EmailSummary(TypedDict):
+    """What ``sendmux.send_email`` returns (``status``: ``"sent"`` or ``"failed"``)."""
+
+    status: str
+    idempotency_key: str
+    outcome: str
+    message_id: str | None
+    error: ErrorInfo | None
+    attempts: int
+    request_id: str | None
+
+
+def _key_error(key: object) -> InvalidMessageError | None:
+    if isinstance(key, str) and _KEY.fullmatch(key):
+        return None
+    # Required, not generated: a random key per run would make a redelivered
+    # task a new send instead of a replay.
+    return InvalidMessageError(
+        [
+            FieldIssue(
+                "idempotency_key",
+                "invalid",
+                "is required: 1 to 255 characters of A-Z, a-z, 0-9, '_' and '-', the same "
+                "for every delivery of this task",
+            )
+        ]
+    )
+
+
+def _gave_up(task: SendmuxTask, error: SendmuxError, attempts: int) -> None:
+    logger.error(
+        "%s[%s]: failed after %d attempt(s): %s: %s",
+        task.name,
+        task.request.id,
+        attempts,
+        type(error).__name__,
+        error.message,
+    )
+
+
+def _email(
+    key: str,
+    outcome: Outcome,
+    attempts: int,
+    *,
+    error: BaseException | None = None,
+    message_id: str | None = None,
+    request_id: str | None = None,
+) -> EmailSummary:
+    sent = outcome in (Outcome.QUEUED, Outcome.ALREADY_ACCEPTED)
+    return {
+        "status": "sent" if sent else "failed",
+        "idempotency_key": key,
+        "outcome": outcome.value,
+        "message_id": message_id,
+        "error": None if error is None else error_info(error),
+        "attempts": attempts,
+        "request_id": request_id,
+    }
+
+
+def send_email(task: SendmuxTask, message: Mapping[str, Any], idempotency_key: str) -> EmailSummary:
+    """Send one message (a dict in the API's wire shape) under ``idempotency_key``."""
+    attempts = int(task.request.retries or 0) + 1
+    first = task.first_attempt_at()
+    key = idempotency_key if isinstance(idempotency_key, str) else ""
+    bad_key = _key_error(idempotency_key)
+    if bad_key is not None:
+        return _email(key, Outcome.INVALID, attempts, error=bad_key)
+    if not isinstance(message, Mapping):
+        return _email(key, Outcome.INVALID, attempts, error=_not_a_message("message"))
+    try:
+        client = task.sendmux_client(task.sendmux_settings())
+        result = client.send(message, idempotency_key=key)
+    except InvalidMessageError as error:
+        return _email(key, Outcome.INVALID, attempts, error=error)
+    except IdempotencyConflictError as error:
+        if error.retryable:
+            task.retry_later(error, first)
+            _gave_up(task, error, attempts)
+            return _email(key, Outcome.FAILED, attempts, error=error)
+        return _email(key, Outcome.ALREADY_ACCEPTED, attempts, error=error)
+    except SendmuxError as error:
+        if not isinstance(error, _NOT_SENT):
+            task.retry_later(error, first)
+        _gave_up(task, error, attempts)
+        outcome = Outcome.NOT_SENT if isinstance(error, _NOT_SENT) else Outcome.FAILED
+        return _email(key, outcome, attempts, error=error)
+    return _email(
+        key, Outcome.QUEUED, attempts, message_id=result.message_id, request_id=result.request_id
+    )
+
+
+def _not_a_message(field: str) -> InvalidMessageError:
+    return InvalidMessageError(
+        [FieldIssue(field, "invalid_type", "must be a JSON object in the API's wire shape")]
+    )
+
+
+def send_batch(
+    task: SendmuxTask, messages: list[Mapping[str, Any]], idempotency_key: str
+) -> BatchSummary:
+    """Send up to 100 messages as one batch request under the batch's ``idempotency_key``.
+
+    Messages that fail validation are reported ``invalid`` by index and the
+    others are sent (the same ones on every delivery, so the body and its key
+    stay paired); a batch with none valid sends nothing.
+    """
+    attempts = int(task.request.retries or 0) + 1
+    first = task.first_attempt_at()
+    key = idempotency_key if isinstance(idempotency_key, str) else ""
+    items: list[Any] = list(messages) if isinstance(messages, (list, tuple)) else []
+
+    def done(
+        *,
+        sent: list[int] | None = None,
+        invalid: dict[int, SendmuxError] | None = None,
+        result: Any = None,
+        error: BaseException | None = None,
+        whole: Outcome = Outcome.FAILED,
+    ) -> BatchSummary:
+        return summarize(
+            key=key,
+            messages=items,
+            sent=sent or [],
+            invalid=invalid or {},
+            result=result,
+            error=error,
+            whole_batch=whole,
+            attempts=attempts,
+        )
+
+    bad_key = _key_error(idempotency_key)
+    if bad_key is None and not isinstance(messages, (list, tuple)):
+        bad_key = _not_a_message("messages")
+    if bad_key is None and not 1 <= len(items) <= api_limits.MAX_BATCH_MESSAGES:
+        bad_key = InvalidMessageError(
+            [
+                FieldIssue(
+                    "messages",
+                    "invalid_count",
+                    f"has {len(items)} messages; a batch task takes 1 to "
+                    f"{api_limits.MAX_BATCH_MESSAGES}",
+                )
+            ]
+        )
+    if bad_key is not None:
+        return done(invalid=dict.fromkeys(range(len(items)), bad_key), error=bad_key)
+
+    valid: list[WireMessage] = []
+    sent: list[int] = []
+    invalid: dict[int, SendmuxError] = {}
+    for index, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            invalid[index] = _not_a_message(f"messages.{index}")
+            continue
+        try:
+            valid.append(wire_message(item))
+        except InvalidMessageError as error:
+            invalid[index] = error
+            continue
+        sent.append(index)
+    if not valid:
+        none_valid = InvalidMessageError(
+            [FieldIssue("messages", "all_invalid", "no message of the batch is valid")]
+        )
+        _gave_up(task, none_valid, attempts)
+        return done(invalid=invalid, error=none_valid)
+
+    try:
+        client = task.sendmux_client(task.sendmux_settings())
+        result = client.send_batch_body(batch_body(valid), idempotency_key=key)
+    except IdempotencyConflictError as error:
+        if error.retryable:
+            task.retry_later(error, first)
+            _gave_up(task, error, attempts)
+            return done(sent=sent, invalid=invalid, error=error)
+        # The key already carried an accepted batch: this work was done before.
+        return done(sent=sent, invalid=invalid, error=error, whole=Outcome.ALREADY_ACCEPTED)
+    except SendmuxError as error:
+        if isinstance(error, _NOT_SENT):
+            _gave_up(task, error, attempts)
+            return done(sent=sent, invalid=invalid, error=error, whole=Outcome.NOT_SENT)
+        task.retry_later(error, first)
+        _gave_up(task, error, attempts)
+        return done(sent=sent, invalid=invalid, error=error)
+    return done(sent=sent, invalid=invalid, result=result)

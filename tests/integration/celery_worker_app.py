@@ -1,0 +1,62 @@
+"""The Celery app the worker subprocesses of test_celery_tasks.py run (``celery -A ...``).
+
+Configured from the environment the test gives the worker: broker, result
+backend, queue and the sandbox's URL. The API key comes from SENDMUX_API_KEY,
+the pack's documented fallback, so it is in no argument and no app setting.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+from celery import Celery
+from celery.signals import worker_init
+
+import sendmux_celery
+from sendmux_dispatch import RetryPolicy
+
+app = Celery("sendmux_test_worker")
+app.conf.update(
+    broker_url=os.environ.get("SENDMUX_CELERY_BROKER", "memory://"),
+    result_backend=os.environ.get("SENDMUX_CELERY_BACKEND", "cache+memory://"),
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    worker_prefetch_multiplier=1,
+    broker_connection_retry_on_startup=True,
+    broker_transport_options={
+        "visibility_timeout": float(os.environ.get("SENDMUX_CELERY_VISIBILITY", "3600"))
+    },
+    sendmux_sending_url=os.environ.get("SENDMUX_CELERY_SENDING_URL"),
+    sendmux_management_url=os.environ.get("SENDMUX_CELERY_MANAGEMENT_URL"),
+    sendmux_pacer_url=os.environ.get("SENDMUX_CELERY_PACER") or None,
+    sendmux_request_attempts=int(os.environ.get("SENDMUX_CELERY_ATTEMPTS", "3")),
+    sendmux_timeout=10.0,
+)
+sendmux_celery.register(
+    app,
+    queue=os.environ.get("SENDMUX_CELERY_QUEUE", "celery"),
+    retry_policy=RetryPolicy(
+        max_attempts=4, initial_delay=0.5, max_delay=2.0, deadline=120.0, max_retry_after=60.0
+    ),
+)
+
+
+def _watchdog(**_: object) -> None:
+    # A worker the test forgot (or a test killed half-way) must not live on:
+    # warm shutdown after SENDMUX_CELERY_MAX_SECONDS, then the whole group.
+    limit = float(os.environ.get("SENDMUX_CELERY_MAX_SECONDS", "180"))
+
+    def run() -> None:
+        time.sleep(limit)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+
+    threading.Thread(target=run, name="test-worker-watchdog", daemon=True).start()
+
+
+worker_init.connect(_watchdog, weak=False)
