@@ -13,206 +13,59 @@ the byte budget) becomes a :class:`~sendmux_dispatch.recipients.RecipientFailure
 in the stream; a repeated address (compared case-insensitively) becomes a
 :class:`Duplicate` record and is not sent twice.
 
-Idempotency keys
-----------------
-Every batch carries an ``Idempotency-Key`` so that sending it twice (a worker
-retry, a re-run task, a crashed process started again) is answered by the
-server's stored result instead of a second send. The key is::
-
-    {slug(job_key)[:40]}-{blake2b-128(job_key, identities)}
-
-where ``identities`` are the normalised (stripped, lower-cased) addresses of
-the batch's recipients, in order, and every part is length-prefixed before
-hashing so no two different inputs hash the same byte string. The readable
-slug is only for people reading logs; uniqueness comes from the digest,
-which covers the *whole* job key. Keys are 1 to 255 characters of
-``[A-Za-z0-9_-]`` whatever the job key contains.
-
-* The same job planned again (same job key, same recipients in the same
-  order, same template) gives the same batches and the same keys, so a re-run
-  replays instead of re-sending.
-* Keys depend on a batch's content, not on where it falls in the job: a
-  batch formed identically after rows were inserted or removed in front of it
-  has the same key (the send ledger relies on it, docs/ledger.md). With
-  ``dedupe=False`` the batch index is hashed in too, because two batches of
-  one job could then hold the very same recipients.
-* Different job keys, or different recipients in a batch, give different keys.
-* The job key must identify the *work*, never the *attempt*. That is why
-  :func:`job_key_for` is fed Airflow's ``dag_id, task_id, run_id, map_index``
-  and never ``try_number``: with the try number in it, the retry of a task
-  that died after the server accepted a batch would carry a new key, and every
-  recipient of that batch would get the email twice. (Celery: the bulk job's
-  id, not the task id of a retry.)
-* The template is deliberately *not* part of the key: a re-run with an edited
-  template must not send the batch again. The server then answers
-  ``idempotency_conflict`` (same key, different body), which dispatch reports
-  as "already accepted".
-
-A partially failed batch is re-sent with only its failed-and-retryable items
-(:meth:`PlannedBatch.subset`). That smaller request needs its own key (the
-original key is bound to the original body), derived from the original key,
-the attempt number and the subset's positions and identities: still stable,
-so a crash during the resend replays it too.
-
-The byte budget is a *safe upper bound*: each message is measured by
-serialising it (as the request will) except its attachments, which are
-counted field by field from their base64 text, so a 5 MB attachment is never
-copied just to be measured. ``EmailMessage.approx_size`` is not used because
-it is an estimate, not a bound (it does not count cc/bcc lists or JSON
-escaping of quotes and line breaks).
+Keys come from :mod:`sendmux_dispatch.keys` (how they are made and why),
+byte sizes and the body's wrapping from the wire format
+(:mod:`sendmux_dispatch.models._wire`), deduplication's table from
+:mod:`sendmux_dispatch._digests`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 import time
-from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
-from pydantic_core import to_json
 
+from sendmux_dispatch._digests import DigestSet
 from sendmux_dispatch.errors import LedgerUnavailableError
-from sendmux_dispatch.models import WireMessage, api_limits, batch_body, encode_message
+from sendmux_dispatch.keys import (
+    _check_job_key,
+    _digest,
+    batch_idempotency_key,
+    message_idempotency_key,
+)
+from sendmux_dispatch.models import (
+    BATCH_ENVELOPE_BYTES,
+    WireMessage,
+    api_limits,
+    batch_body,
+    encode_message,
+    join_batch_body,
+    message_size_bound,
+)
 from sendmux_dispatch.personalize import Personalizer
 from sendmux_dispatch.recipients import (
     Recipient,
     RecipientFailure,
     iter_recipients,
-    normalize_email,
 )
 
 if TYPE_CHECKING:
-    # Not at run time: the ledger package imports this module (DigestSet).
+    # Only annotations need it; the ledger package imports the planner's neighbours.
     from sendmux_dispatch.ledger._base import Intent
 
 __all__ = [
     "BatchPlan",
-    "DigestSet",
     "Duplicate",
     "LedgerStage",
     "PlanItem",
     "PlanStats",
     "PlannedBatch",
     "Skipped",
-    "batch_idempotency_key",
-    "job_key_for",
-    "message_idempotency_key",
-    "message_size_bound",
     "plan_batches",
 ]
-
-# ---------------------------------------------------------------- keys
-
-_NOT_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
-_SLUG_CHARS = 40
-
-
-def _slug(text: str, limit: int = _SLUG_CHARS) -> str:
-    slug = _NOT_KEY_CHARS.sub("-", text)[:limit].strip("-")
-    return slug or "job"
-
-
-def _digest(person: bytes, parts: Iterable[str]) -> str:
-    # Length-prefixing makes the encoding injective: ("ab", "c") and
-    # ("a", "bc") hash different byte strings. `person` separates the kinds
-    # of key, so a batch key can never equal a message key.
-    hasher = hashlib.blake2b(digest_size=16, person=person)
-    for part in parts:
-        data = part.encode("utf-8", "surrogatepass")
-        hasher.update(len(data).to_bytes(8, "big"))
-        hasher.update(data)
-    return hasher.hexdigest()
-
-
-def _check_job_key(job_key: str) -> None:
-    if not isinstance(job_key, str) or not job_key:
-        raise ValueError("job_key must be a non-empty string that identifies the work")
-
-
-def batch_idempotency_key(
-    job_key: str, recipient_identities: Iterable[str], *, index: int | None = None
-) -> str:
-    """The Idempotency-Key of the batch of job ``job_key`` holding these recipients.
-
-    ``recipient_identities`` are the batch's normalised addresses, in order
-    (:func:`~sendmux_dispatch.recipients.normalize_email`). The key depends on
-    the batch's content, not on its place in the job; ``index`` (the batch's
-    position) is hashed in only when given, which the planner does when
-    deduplication is off. See the module docstring.
-    """
-    _check_job_key(job_key)
-    if index is not None and index < 0:
-        raise ValueError("index must be 0 or more")
-    if index is None:
-        digest = _digest(b"sendmux-batch", (job_key, *recipient_identities))
-    else:
-        # A kind of its own (person), so no index can pass for an identity.
-        digest = _digest(b"sendmux-batch-ix", (job_key, str(index), *recipient_identities))
-    return f"{_slug(job_key)}-{digest}"
-
-
-def message_idempotency_key(job_key: str, position: int, email: str) -> str:
-    """A per-message key: the job, the recipient's source position and address."""
-    _check_job_key(job_key)
-    digest = _digest(b"sendmux-message", (job_key, str(position), normalize_email(email)))
-    return f"{_slug(job_key)}-m{position}-{digest}"
-
-
-def job_key_for(*parts: object) -> str:
-    """A job key from the parts that identify the work, e.g. Airflow's
-    ``job_key_for(dag_id, task_id, run_id, map_index)``.
-
-    Never pass an attempt counter (``try_number``): see the module docstring.
-    Parts are joined with ``/`` after escaping ``%`` and ``/`` inside them, so
-    different part lists never make the same key.
-    """
-    if not parts:
-        raise ValueError("job_key_for needs at least one part")
-    return "/".join(str(part).replace("%", "%25").replace("/", "%2F") for part in parts)
-
-
-# ---------------------------------------------------------------- sizes
-
-_encode_json_string: Callable[[str], str] = json.encoder.encode_basestring
-#: ``{"messages":[`` + ``]}``: a batch body's bytes besides its messages and commas.
-BATCH_ENVELOPE_BYTES = len('{"messages":[]}')
-
-
-def _json_string_bytes(text: str) -> int:
-    # json's C escaper escapes exactly what pydantic-core (serde_json) does:
-    # '"', '\\' and control characters; non-ASCII stays as UTF-8.
-    escaped = _encode_json_string(text)
-    return len(escaped) if escaped.isascii() else len(escaped.encode("utf-8", "surrogatepass"))
-
-
-def _attachment_bytes(attachment: Mapping[str, str]) -> int:
-    size = 1  # {} less the comma the last field does not have
-    for name, value in attachment.items():
-        # "name":value, -- content is validated base64 (nothing to escape),
-        # so its length is exact without copying megabytes to escape them.
-        size += len(name) + 4
-        size += len(value) + 2 if name == "content" else _json_string_bytes(value)
-    return size
-
-
-def message_size_bound(message: WireMessage) -> int:
-    """An upper bound of the bytes ``message`` adds to a batch request body.
-
-    Counts the per-message idempotency key too, so the bound holds whether or
-    not the request includes it.
-    """
-    attachments = message.get("attachments")
-    if not attachments:
-        return len(to_json(message))
-    rest = {key: value for key, value in message.items() if key != "attachments"}
-    size = len(to_json(rest)) + len(',"attachments":[]') + len(attachments)
-    return size + sum(_attachment_bytes(attachment) for attachment in attachments)
-
 
 # ---------------------------------------------------------------- records
 
@@ -299,15 +152,14 @@ class PlannedBatch:
         """The request body, with per-message keys when the plan asked for them."""
         if self.encoded is None:
             return batch_body(self.messages, include_idempotency_keys=self.per_message_keys)
-        # Byte for byte what batch_body gives (pydantic-core writes compact
-        # JSON); a message kept unencoded (one with attachments) is encoded now.
+        # A message kept unencoded (one with attachments) is encoded now.
         parts = [
             part
             if part is not None
             else encode_message(message, include_idempotency_key=self.per_message_keys)
             for part, message in zip(self.encoded, self.messages, strict=True)
         ]
-        return b'{"messages":[' + b",".join(parts) + b"]}"
+        return join_batch_body(parts)
 
     def rebuilt(self, indexes: Iterable[int], job_key: str) -> PlannedBatch:
         """The items at ``indexes`` as a new planned batch, under their own content key.
@@ -391,81 +243,6 @@ class PlanStats:
     failures: int = 0
     duplicates_dropped: int = 0
     already_accepted: int = 0
-
-
-# ---------------------------------------------------------------- dedupe
-
-
-class DigestSet:
-    """A set of 64-bit digests in one flat ``array('Q')``: linear probing, ≤ 70 % full.
-
-    Why not a ``set``: a ``set[int]`` of 64-bit digests costs ~80 bytes per
-    entry (a 32 to 48 byte int object plus ~32 bytes of table), ~80 MB per
-    million recipients; a ``set[str]`` of addresses more. Here an entry costs
-    8 bytes per slot, 11 to 23 bytes per entry depending on fill (24 MB peak
-    while growing past a million), at ~1 µs per insert in pure Python.
-
-    The trade-off: two different addresses with the same 64-bit digest would
-    be taken as duplicates, and the second dropped. With blake2b digests the
-    chance for n addresses is about n² / 2⁶⁵ (3 in 100 million at a million
-    recipients), and the digest is deterministic, so a re-run makes the
-    same decision and plans the same batches.
-    """
-
-    _INITIAL_SLOTS = 1 << 10
-
-    def __init__(self) -> None:
-        self._table = array("Q", [0]) * self._INITIAL_SLOTS
-        self._mask = self._INITIAL_SLOTS - 1
-        self._count = 0
-
-    @staticmethod
-    def digest(identity: str) -> int:
-        """The 64-bit digest of a normalised address (never 0: 0 marks an empty slot)."""
-        value = int.from_bytes(
-            hashlib.blake2b(identity.encode("utf-8", "surrogatepass"), digest_size=8).digest(),
-            "little",
-        )
-        return value or 1
-
-    def _slot(self, digest: int) -> int:
-        table, mask = self._table, self._mask
-        slot = digest & mask
-        while True:
-            value = table[slot]
-            if value == 0 or value == digest:
-                return slot
-            slot = (slot + 1) & mask
-
-    def __contains__(self, digest: object) -> bool:
-        return isinstance(digest, int) and self._table[self._slot(digest)] == digest
-
-    def add(self, digest: int) -> bool:
-        """Add ``digest``; True if it was new."""
-        slot = self._slot(digest)
-        if self._table[slot] == digest:
-            return False
-        self._table[slot] = digest
-        self._count += 1
-        if self._count * 10 > len(self._table) * 7:
-            self._grow()
-        return True
-
-    def _grow(self) -> None:
-        old = self._table
-        self._table = array("Q", [0]) * (len(old) * 2)
-        self._mask = len(self._table) - 1
-        for value in old:
-            if value:
-                self._table[self._slot(value)] = value
-
-    def __len__(self) -> int:
-        return self._count
-
-    @property
-    def nbytes(self) -> int:
-        """Memory held by the table."""
-        return len(self._table) * self._table.itemsize
 
 
 # ---------------------------------------------------------------- planning

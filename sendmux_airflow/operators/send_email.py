@@ -11,8 +11,8 @@ from airflow.sdk.exceptions import AirflowFailException
 from sendmux_airflow._rendered import literal_recipients, literal_template
 from sendmux_airflow.hooks.sendmux import SendmuxHook
 from sendmux_airflow.operators._common import ProgressLog, address_list, check_report
-from sendmux_dispatch.batching import job_key_for
 from sendmux_dispatch.dispatch import dispatch
+from sendmux_dispatch.keys import job_key_for
 from sendmux_dispatch.models import Attachment
 
 if TYPE_CHECKING:

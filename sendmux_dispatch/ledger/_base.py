@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Protocol, TypeVar, runtime_checkable
 
-from sendmux_dispatch.batching import DigestSet
+from sendmux_dispatch._digests import DigestSet
 from sendmux_dispatch.errors import LedgerUnavailableError
 
 __all__ = [

@@ -2,10 +2,13 @@
 
 from sendmux_dispatch.models import api_limits
 from sendmux_dispatch.models._wire import (
+    BATCH_ENVELOPE_BYTES,
     WireAddress,
     WireMessage,
     batch_body,
     encode_message,
+    join_batch_body,
+    message_size_bound,
     wire_message,
     wire_message_with,
     wire_messages,
@@ -43,6 +46,7 @@ from sendmux_dispatch.models.responses import (
 )
 
 __all__ = [
+    "BATCH_ENVELOPE_BYTES",
     "TERMINAL_STATUSES",
     "Address",
     "AddressError",
@@ -73,6 +77,8 @@ __all__ = [
     "api_limits",
     "batch_body",
     "encode_message",
+    "join_batch_body",
+    "message_size_bound",
     "parse_address",
     "text_to_html",
     "wire_message",

@@ -14,17 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sendmux_dispatch import Attachment, InvalidMessageError, Recipient, RecipientFailure
-from sendmux_dispatch.batching import (
-    DigestSet,
-    Duplicate,
-    PlannedBatch,
-    batch_idempotency_key,
-    job_key_for,
-    message_idempotency_key,
-    message_size_bound,
-    plan_batches,
-)
-from sendmux_dispatch.models import api_limits, batch_body, wire_message
+from sendmux_dispatch._digests import DigestSet
+from sendmux_dispatch.batching import Duplicate, PlannedBatch, plan_batches
+from sendmux_dispatch.keys import batch_idempotency_key, job_key_for, message_idempotency_key
+from sendmux_dispatch.models import api_limits, batch_body, message_size_bound, wire_message
 from sendmux_dispatch.personalize import Personalizer
 
 KEY = re.compile(api_limits.IDEMPOTENCY_KEY_PATTERN)

@@ -37,7 +37,7 @@ def test_it_is_a_ledger_and_uses_wal(ledger: SqliteLedger) -> None:
 
 
 def test_the_digest_is_the_one_deduplication_uses() -> None:
-    from sendmux_dispatch.batching import DigestSet
+    from sendmux_dispatch._digests import DigestSet
 
     assert recipient_digest("ann@example.com") == DigestSet.digest("ann@example.com")
     assert digests(" Ann@Example.COM ") == digests("ann@example.com")

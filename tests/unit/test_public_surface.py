@@ -64,7 +64,8 @@ PUBLIC = {
 
 # Internals the integrations use: still importable, from their own modules.
 INTERNAL = {
-    "sendmux_dispatch.batching": ["plan_batches", "PlannedBatch", "job_key_for"],
+    "sendmux_dispatch.batching": ["plan_batches", "PlannedBatch"],
+    "sendmux_dispatch.keys": ["job_key_for", "batch_idempotency_key"],
     "sendmux_dispatch.dispatch": ["Dispatcher", "AsyncDispatcher", "DispatchKwargs"],
     "sendmux_dispatch.models": ["wire_message", "wire_messages", "batch_body", "Me"],
     "sendmux_dispatch.errors": ["ValidationError", "FieldIssue", "scrub_secrets"],
