@@ -3,12 +3,15 @@
 Starts the Sendmux sandbox on a free loopback port, sends one email and then
 250 personalised messages (three idempotent batches) through the same client a
 production job would use, waits for the delivery logs, prints what happened
-and what the sandbox counted, and stops the sandbox.
+and what the sandbox counted, then runs example_dags/sendmux_scheduled_report
+through `airflow dags test` against the same sandbox, and stops the sandbox.
 """
 
 from __future__ import annotations
 
 import time
+
+from airflow_demo import run_scheduled_report
 
 from sendmux_dispatch import EmailMessage, SendmuxClient, dispatch
 from sendmux_sandbox import SandboxConfig, SandboxServer
@@ -70,7 +73,10 @@ def main() -> None:
             "rate_limited",
         ):
             print(f"  {name:22} {stats[name]}")
+        airflow_ok = run_scheduled_report(sandbox)
     print("\nsandbox stopped.")
+    if not airflow_ok:
+        raise SystemExit(1)
 
 
 def recipients_again() -> list[dict[str, object]]:

@@ -34,7 +34,7 @@ atexit.register(shutil.rmtree, AIRFLOW_HOME, ignore_errors=True)
 
 def airflow_env(**extra: str) -> dict[str, str]:
     """The environment for an ``airflow`` subprocess: ours, and this checkout first on the path."""
-    env = dict(os.environ, **_ENV, **extra)
+    env = {**os.environ, **_ENV, **extra}  # extra wins, e.g. another dags folder
     paths = [str(REPO_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     return env

@@ -1,0 +1,55 @@
+"""A daily report by email: build a small CSV, mail it to a list as an attachment.
+
+The connection ``sendmux_default`` gives the API key, the sending URL and the
+default sender (its ``from_email`` extra); ``make demo`` points it at the
+local sandbox through ``AIRFLOW_CONN_SENDMUX_DEFAULT``. Recipients are a DAG
+param, so a manual run can send to someone else.
+
+The report file is written where the next task can read it: fine on one
+machine (the demo, a LocalExecutor); on Celery or Kubernetes workers point
+``SENDMUX_REPORT_DIR`` at storage every worker mounts.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import os
+import tempfile
+from pathlib import Path
+
+from airflow.sdk import DAG, task
+
+from sendmux_airflow import SendmuxSendEmailOperator
+
+REPORT_DIR = Path(os.environ.get("SENDMUX_REPORT_DIR", tempfile.gettempdir()))
+
+with DAG(
+    "sendmux_scheduled_report",
+    schedule="@daily",
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+    catchup=False,
+    params={"recipients": ["ceo@example.com", "cfo@example.com", "ops@example.com"]},
+    tags=["sendmux", "example"],
+) as dag:
+
+    @task
+    def build_report(ds: str | None = None) -> str:
+        """Yesterday's numbers as CSV; returns the file's path (a small XCom)."""
+        rows = [("region", "orders", "revenue"), ("north", 120, 5400), ("south", 87, 3915)]
+        path = REPORT_DIR / f"sendmux-report-{ds}.csv"
+        with path.open("w", newline="", encoding="utf-8") as file:
+            csv.writer(file).writerows(rows)
+        return str(path)
+
+    report = build_report()
+
+    send = SendmuxSendEmailOperator(
+        task_id="send_report",
+        to="{{ params.recipients | join(',') }}",
+        subject="Daily report for {{ ds }}",
+        html_body="<p>Good morning. The report for {{ ds }} is attached.</p>",
+        text_body="Good morning. The report for {{ ds }} is attached.",
+        files="{{ ti.xcom_pull(task_ids='build_report') }}",
+    )
+    report >> send
