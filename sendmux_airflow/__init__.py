@@ -1,8 +1,9 @@
-"""Apache Airflow provider for Sendmux: a hook and operators on the shared core.
+"""Apache Airflow provider for Sendmux: a hook, operators and a notifier on the shared core.
 
 Only ``sendmux_dispatch`` speaks HTTP; this package turns a ``sendmux``
 connection into its clients (:class:`SendmuxHook`) and Airflow tasks into its
-jobs. The names below are imported on first use, so Airflow's providers
+jobs; ``sendmux_airflow.email_backend.send_email`` is Airflow's ``[email]
+email_backend``. The names below are imported on first use, so Airflow's providers
 manager can read ``sendmux_airflow.get_provider_info`` without importing
 Airflow's task SDK (or this package's hooks) at discovery time.
 """
@@ -20,11 +21,13 @@ if TYPE_CHECKING:
         SendmuxHook,
         SendmuxSettings,
     )
+    from sendmux_airflow.notifications.sendmux import SendmuxNotifier
     from sendmux_airflow.operators.send_email import SendmuxSendEmailOperator
 
 __all__ = [
     "SendmuxConnectionError",
     "SendmuxHook",
+    "SendmuxNotifier",
     "SendmuxSendEmailOperator",
     "SendmuxSettings",
     "__version__",
@@ -35,6 +38,7 @@ _LAZY = {
     "SendmuxHook": "sendmux_airflow.hooks.sendmux",
     "SendmuxSettings": "sendmux_airflow.hooks.sendmux",
     "SendmuxSendEmailOperator": "sendmux_airflow.operators.send_email",
+    "SendmuxNotifier": "sendmux_airflow.notifications.sendmux",
 }
 
 

@@ -49,6 +49,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["sendmux_airflow.operators.send_email"],
             }
         ],
+        "notifications": ["sendmux_airflow.notifications.sendmux.SendmuxNotifier"],
         "connection-types": [
             {
                 "connection-type": "sendmux",

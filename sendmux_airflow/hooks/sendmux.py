@@ -120,6 +120,16 @@ def _number(
     return number
 
 
+def _masked(settings: SendmuxSettings) -> SendmuxSettings:
+    # Registered before anything can log them: the task log then shows ***.
+    for secret in (settings.api_key, settings.management_api_key):
+        if secret:
+            mask_secret(secret)
+    if settings.pacer_url and (password := urlsplit(settings.pacer_url).password):
+        mask_secret(password)
+    return settings
+
+
 class SendmuxHook(BaseHook):
     """Clients for a ``sendmux`` connection (``sendmux_default`` unless told otherwise).
 
@@ -152,13 +162,16 @@ class SendmuxHook(BaseHook):
     def settings(self) -> SendmuxSettings:
         """The connection, read on first use; its secrets registered with Airflow's masker."""
         if self._settings is None:
-            settings = SendmuxSettings.from_connection(self.get_connection(self.sendmux_conn_id))
-            for secret in (settings.api_key, settings.management_api_key):
-                if secret:
-                    mask_secret(secret)
-            if settings.pacer_url and (password := urlsplit(settings.pacer_url).password):
-                mask_secret(password)
-            self._settings = settings
+            self._settings = _masked(
+                SendmuxSettings.from_connection(self.get_connection(self.sendmux_conn_id))
+            )
+        return self._settings
+
+    async def aget_settings(self) -> SendmuxSettings:
+        """:attr:`settings` read with Airflow's async connection API (in a triggerer's loop)."""
+        if self._settings is None:
+            conn = await self.aget_connection(self.sendmux_conn_id)
+            self._settings = _masked(SendmuxSettings.from_connection(conn))
         return self._settings
 
     def get_conn(self) -> SendmuxClient:

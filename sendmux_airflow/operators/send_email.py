@@ -8,20 +8,14 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
-from sendmux_airflow._rendered import literal_recipients, literal_template
+from sendmux_airflow._message import XCOM_FAILURES, build_template, recipients_of, send_each
 from sendmux_airflow.hooks.sendmux import SendmuxHook
-from sendmux_airflow.operators._common import ProgressLog, address_list, check_report
-from sendmux_dispatch.dispatch import dispatch
 from sendmux_dispatch.keys import job_key_for
-from sendmux_dispatch.models import Attachment
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-__all__ = ["SendmuxSendEmailOperator"]
-
-#: Failures kept (with address and reason) in the XCom summary; the rest are counted.
-XCOM_FAILURES = 20
+__all__ = ["XCOM_FAILURES", "SendmuxSendEmailOperator"]
 
 
 class SendmuxSendEmailOperator(BaseOperator):
@@ -79,57 +73,34 @@ class SendmuxSendEmailOperator(BaseOperator):
         self.max_failure_ratio = max_failure_ratio
         self.sendmux_conn_id = sendmux_conn_id
 
-    def _template(self, hook: SendmuxHook) -> dict[str, Any]:
-        sender = self.from_email or hook.settings.from_email
-        if not sender:
-            raise AirflowFailException(
-                f"no sender: set from_email on the task or the 'from_email' extra of "
-                f"connection {self.sendmux_conn_id!r}"
-            )
-        paths = [self.files] if isinstance(self.files, str) else list(self.files or [])
-        attachments = []
-        for index, path in enumerate(paths):
-            try:
-                attachments.append(Attachment.from_path(path))
-            except (OSError, ValueError) as exc:
-                raise AirflowFailException(
-                    f"files[{index}]: cannot attach {path!r}: {exc}"
-                ) from None
-        fields = {
-            "from": sender,
-            "subject": self.subject,
-            "html_body": self.html_body,
-            "text_body": self.text_body,
-            "reply_to": self.reply_to,
-            "cc": address_list(self.cc),
-            "bcc": address_list(self.bcc),
-            "custom_headers": dict(self.custom_headers or {}),
-            "attachments": attachments,
-            "delivery_group": self.delivery_group,
-        }
-        return {name: value for name, value in fields.items() if value not in (None, [], {})}
-
     def execute(self, context: Context) -> dict[str, Any]:
-        recipients = address_list(self.to)
-        if not recipients:
-            raise AirflowFailException("to is empty: give at least one address")
+        recipients = recipients_of(self.to, AirflowFailException)
         ti = context["ti"]
         job_key = job_key_for(ti.dag_id, ti.task_id, ti.run_id, ti.map_index)
         hook = SendmuxHook(self.sendmux_conn_id)
-        template, literal = literal_template(self._template(hook))
+        template = build_template(
+            sender=self.from_email or hook.settings.from_email,
+            no_sender=f"no sender: set from_email on the task or the 'from_email' extra of "
+            f"connection {self.sendmux_conn_id!r}",
+            subject=self.subject,
+            html_body=self.html_body,
+            text_body=self.text_body,
+            reply_to=self.reply_to,
+            cc=self.cc,
+            bcc=self.bcc,
+            custom_headers=self.custom_headers,
+            files=self.files,
+            delivery_group=self.delivery_group,
+            fail=AirflowFailException,
+        )
         if self.cc or self.bcc:
             self.log.info("cc/bcc are added to each of the %d messages", len(recipients))
-        try:
-            report = dispatch(
-                hook.get_client(),
-                template,
-                literal_recipients(recipients, literal),
-                job_key=job_key,
-                on_progress=ProgressLog(self.log),
-                max_failures=XCOM_FAILURES,
-            )
-        finally:
-            hook.close()
-        self.log.info("Sendmux: %s", report.summary_line())
-        check_report(report, self.max_failure_ratio)
+        report = send_each(
+            hook,
+            template,
+            recipients,
+            job_key=job_key,
+            log=self.log,
+            max_failure_ratio=self.max_failure_ratio,
+        )
         return report.as_dict()

@@ -84,6 +84,13 @@ def test_connection_type_declares_its_form_fields() -> None:
     yaml_schema = json.loads((airflow_dir / "provider.yaml.schema.json").read_text())
     validate(info["connection-types"], yaml_schema["properties"]["connection-types"])
 
+    # The notifier is declared by class path, and that path imports.
+    (notifier,) = info["notifications"]
+    module, _, name = notifier.rpartition(".")
+    from sendmux_airflow import SendmuxNotifier
+
+    assert getattr(__import__(module, fromlist=[name]), name) is SendmuxNotifier
+
     (conn_type,) = info["connection-types"]
     assert conn_type["connection-type"] == "sendmux"
     assert conn_type["hook-class-name"] == "sendmux_airflow.hooks.sendmux.SendmuxHook"

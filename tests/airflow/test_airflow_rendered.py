@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from sendmux_airflow._common import address_list
 from sendmux_airflow._rendered import literal_recipients, literal_template
-from sendmux_airflow.operators._common import address_list
 from sendmux_dispatch.personalize import Personalizer
 from sendmux_dispatch.recipients import Recipient
 

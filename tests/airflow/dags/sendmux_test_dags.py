@@ -11,9 +11,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG
+from airflow.sdk import DAG, task
 
-from sendmux_airflow import SendmuxSendEmailOperator
+from sendmux_airflow import SendmuxNotifier, SendmuxSendEmailOperator
 from sendmux_sandbox.admin_client import SandboxAdmin
 
 HERE = Path(__file__).parent
@@ -56,3 +56,27 @@ with DAG("sendmux_send_email_retry_test", schedule=None, start_date=START) as re
         retry_delay=dt.timedelta(seconds=0),
         on_retry_callback=clear_sandbox_faults,
     )
+
+
+def failure_alert() -> SendmuxNotifier:
+    return SendmuxNotifier(
+        to="oncall@example.com; {{ params.lead }}",
+        subject="{{ ti.task_id }} failed in {{ dag.dag_id }}, try {{ ti.try_number }}",
+        html_body="<p>{{ exception }}</p>",
+    )
+
+
+with DAG(
+    "sendmux_alert_test", schedule=None, start_date=START, params={"lead": "lead@example.com"}
+) as alert_dag:
+    # The same alert twice on one event: a callback that fires twice must mail once.
+    # email_on_failure goes through Airflow's [email] email_backend (set by the test).
+    @task(
+        on_failure_callback=[failure_alert(), failure_alert()],
+        email=["alerts@example.com"],
+        email_on_failure=True,
+    )
+    def load() -> None:
+        raise RuntimeError("the warehouse is down")
+
+    load()

@@ -1,4 +1,4 @@
-"""What the Sendmux operators share: address lists, progress lines, the failure rule."""
+"""What the operator, notifier and email backend share: addresses, progress, the failure rule."""
 
 from __future__ import annotations
 
