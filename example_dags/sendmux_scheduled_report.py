@@ -3,7 +3,8 @@
 The connection ``sendmux_default`` gives the API key, the sending URL and the
 default sender (its ``from_email`` extra); ``make demo`` points it at the
 local sandbox through ``AIRFLOW_CONN_SENDMUX_DEFAULT``. Recipients are a DAG
-param, so a manual run can send to someone else.
+param, so a manual run can send to someone else; a failed task alerts the
+on-call address through SendmuxNotifier.
 
 The report file is written where the next task can read it: fine on one
 machine (the demo, a LocalExecutor); on Celery or Kubernetes workers point
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from airflow.sdk import DAG, task
 
-from sendmux_airflow import SendmuxSendEmailOperator
+from sendmux_airflow import SendmuxNotifier, SendmuxSendEmailOperator
 
 REPORT_DIR = Path(os.environ.get("SENDMUX_REPORT_DIR", tempfile.gettempdir()))
 
@@ -31,6 +32,13 @@ with DAG(
     catchup=False,
     params={"recipients": ["ceo@example.com", "cfo@example.com", "ops@example.com"]},
     tags=["sendmux", "example"],
+    # Any task that fails (after its retries) mails the on-call list once.
+    default_args={
+        "on_failure_callback": SendmuxNotifier(
+            to="oncall@example.com",
+            subject="{{ dag.dag_id }}.{{ ti.task_id }} failed for {{ ds }}",
+        )
+    },
 ) as dag:
 
     @task

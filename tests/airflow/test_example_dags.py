@@ -58,3 +58,24 @@ def test_scheduled_report_mails_the_csv_to_each_recipient(
     assert {m["from"] for m in messages} == {"reports@example.com"}
     assert sandbox.stats()["duplicate_deliveries"] == 0
     assert sandbox.api_key not in done.stdout + done.stderr
+
+
+def test_scheduled_report_alerts_oncall_when_the_send_fails(
+    airflow_db: Path, sandbox: Any, tmp_path: Path
+) -> None:
+    connection = json.loads(connection_json(sandbox, from_email="reports@example.com"))
+    env = airflow_env(
+        AIRFLOW__CORE__DAGS_FOLDER=str(EXAMPLES),
+        AIRFLOW_CONN_SENDMUX_DEFAULT=json.dumps(connection),
+        SENDMUX_REPORT_DIR=str(tmp_path),
+    )
+    conf = json.dumps({"recipients": ["not-an-address"]})
+    done = run_airflow(
+        "dags", "test", "sendmux_scheduled_report", "2026-12-02", "--conf", conf, env=env
+    )
+    output = done.stdout + done.stderr
+    assert "send_report" in output
+    messages = sandbox.messages()
+    assert [m["to"] for m in messages] == ["oncall@example.com"], output[-4000:]
+    assert messages[0]["subject"] == "sendmux_scheduled_report.send_report failed for 2026-12-02"
+    assert sandbox.api_key not in output
