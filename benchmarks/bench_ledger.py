@@ -373,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes.append(
         "Where the time goes (each time a worker thread takes the GIL back from the busy "
         "planning thread, ~3 to 5 ms) and the next steps (`finish` folded into the next "
-        'write, `begin` made before the batch is handed to a worker): docs/ledger.md, '
+        "write, `begin` made before the batch is handed to a worker): docs/ledger.md, "
         '"Memory and cost".'
     )
     parts += [" ".join(verdicts), "", *notes]
