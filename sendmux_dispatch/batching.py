@@ -366,6 +366,7 @@ class BatchPlan(Iterator[PlanItem]):
         messages: list[WireMessage],
         encoded: list[bytes | None],
         size: int,
+        digests: list[int] | None = None,
     ) -> PlannedBatch:
         index = self._index
         self._index += 1
@@ -373,9 +374,14 @@ class BatchPlan(Iterator[PlanItem]):
         self.stats.messages += len(messages)
         identities = [recipient.identity for recipient in recipients]
         key = batch_idempotency_key(self.job_key, identities, index=None if self.dedupe else index)
-        return PlannedBatch(
+        batch = PlannedBatch(
             index, messages, recipients, key, size, self.per_message_keys, encoded=encoded
         )
+        if digests is not None:
+            # The planner hashed every member for dedupe already: the ledger's
+            # begin and finish reuse those digests instead of hashing again.
+            object.__setattr__(batch, "_digests", tuple(digests))
+        return batch
 
     def _prepare(self, item: Recipient) -> tuple[WireMessage, bytes | None, int] | RecipientFailure:
         """Render and measure one recipient's message (or say why it cannot be sent)."""
@@ -519,6 +525,7 @@ class BatchPlan(Iterator[PlanItem]):
         recipients: list[Recipient] = []
         messages: list[WireMessage] = []
         encoded: list[bytes | None] = []
+        digests: list[int] = []
         size = BATCH_ENVELOPE_BYTES
         chunk: list[tuple[Recipient, int]] = []
         ended = False
@@ -598,18 +605,21 @@ class BatchPlan(Iterator[PlanItem]):
                         yield from self._replay_batches(replay)
                     continue
                 if messages and size + message_size > max_bytes:
-                    yield self._batch(recipients, messages, encoded, size)
+                    yield self._batch(recipients, messages, encoded, size, digests)
                     recipients, messages, encoded, size = [], [], [], BATCH_ENVELOPE_BYTES
+                    digests = []
                 recipients.append(item)
                 messages.append(message)
                 encoded.append(part)
+                digests.append(digest)
                 size += message_size
                 if len(messages) == max_messages:
-                    yield self._batch(recipients, messages, encoded, size)
+                    yield self._batch(recipients, messages, encoded, size, digests)
                     recipients, messages, encoded, size = [], [], [], BATCH_ENVELOPE_BYTES
+                    digests = []
             chunk = []
         if messages:
-            yield self._batch(recipients, messages, encoded, size)
+            yield self._batch(recipients, messages, encoded, size, digests)
         # Intents some of whose members are not in this list: sent with those
         # found, still under the recorded key; one with none found stays pending.
         done: set[int] = set()

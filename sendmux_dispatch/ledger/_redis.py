@@ -31,11 +31,15 @@ _INDEX_EVERY = 5.0  # seconds between refreshes of a job's score in the jobs ind
 # Every script touches only one job's keys, all sharing the hash tag {job id},
 # so they run atomically on a single Redis and on a cluster alike.
 # KEYS: acc (set), claims (hash digest -> key), pend (hash key -> blob), meta (hash)
-# ARGV: key, blob, now, job_key, digests... Returns {1 if the job is new, taken digests}.
+# Digests travel packed, 8 bytes each, in one argument (the intent's blob
+# already holds its members after the 16-byte head): one bulk string to
+# encode instead of a hundred, which was most of a call's client-side cost.
+# ARGV: key, blob, now, job_key. Returns {1 if the job is new, taken digests}.
 _BEGIN = """
 local taken = {}
-for i = 5, #ARGV do
-  local d = ARGV[i]
+local blob = ARGV[2]
+for i = 17, #blob, 8 do
+  local d = string.sub(blob, i, i + 7)
   if redis.call('SISMEMBER', KEYS[1], d) == 1 then
     taken[#taken + 1] = d
   else
@@ -46,17 +50,20 @@ end
 redis.call('HSETNX', KEYS[4], 'job_key', ARGV[4])
 local fresh = redis.call('HSETNX', KEYS[4], 'created', ARGV[3])
 redis.call('HSET', KEYS[4], 'updated', ARGV[3])
-if #taken == 0 and redis.call('HSETNX', KEYS[3], ARGV[1], ARGV[2]) == 1 then
-  for i = 5, #ARGV do redis.call('HSET', KEYS[2], ARGV[i], ARGV[1]) end
+if #taken == 0 and redis.call('HSETNX', KEYS[3], ARGV[1], blob) == 1 then
+  for i = 17, #blob, 8 do redis.call('HSET', KEYS[2], string.sub(blob, i, i + 7), ARGV[1]) end
 end
 return {fresh, taken}
 """
 
-# ARGV: key, now, job_key, successor key ('' for none), successor blob, accepted digests...
-# Returns 1 if the job is new.
+# ARGV: key, now, job_key, successor key ('' for none), successor blob, accepted digests
+# (packed). Returns 1 if the job is new.
 _FINISH = """
-for i = 6, #ARGV, 1000 do
-  redis.call('SADD', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+local acc = ARGV[6]
+local digests = {}
+for i = 1, #acc, 8 do digests[#digests + 1] = string.sub(acc, i, i + 7) end
+for i = 1, #digests, 1000 do
+  redis.call('SADD', KEYS[1], unpack(digests, i, math.min(i + 999, #digests)))
 end
 redis.call('HSETNX', KEYS[4], 'job_key', ARGV[3])
 local fresh = redis.call('HSETNX', KEYS[4], 'created', ARGV[2])
@@ -75,6 +82,18 @@ end
 return fresh
 """
 
+# KEYS: acc. ARGV: digests (packed). Returns the accepted ones (8 bytes each),
+# usually none: one small reply instead of a flag per digest.
+_AMONG = """
+local found = {}
+local digests = ARGV[1]
+for i = 1, #digests, 8 do
+  local d = string.sub(digests, i, i + 7)
+  if redis.call('SISMEMBER', KEYS[1], d) == 1 then found[#found + 1] = d end
+end
+return found
+"""
+
 # ARGV: cutoff. Deletes the job only if it is still old (a worker may have just written).
 _PRUNE = """
 local updated = redis.call('HGET', KEYS[4], 'updated')
@@ -85,8 +104,7 @@ return 1
 
 
 def _pack(intent: Intent, now: float) -> bytes:
-    members = struct.pack(f">{len(intent.digests)}Q", *intent.digests)
-    return _HEAD.pack(intent.attempt, now) + members
+    return _HEAD.pack(intent.attempt, now) + _packed(intent.digests)
 
 
 def _unpack(key: bytes, blob: bytes) -> Intent:
@@ -96,8 +114,8 @@ def _unpack(key: bytes, blob: bytes) -> Intent:
     return Intent(key.decode(), digests, attempt, created)
 
 
-def _raw(digests: Sequence[int]) -> list[bytes]:
-    return [digest.to_bytes(8, "big") for digest in digests]
+def _packed(digests: Sequence[int]) -> bytes:
+    return struct.pack(f">{len(digests)}Q", *digests)
 
 
 class RedisLedger:
@@ -181,6 +199,7 @@ class RedisLedger:
         self._begin = self._client.register_script(_BEGIN)
         self._finish = self._client.register_script(_FINISH)
         self._prune = self._client.register_script(_PRUNE)
+        self._among = self._client.register_script(_AMONG)
 
     def __repr__(self) -> str:
         return f"RedisLedger({self.location!r}, prefix={self.prefix!r})"
@@ -210,9 +229,11 @@ class RedisLedger:
         _check_digests(digests)
         acc = self._keys(self._jid(job_key))[0]
 
+        packed = _packed(digests)
+
         def query() -> set[int]:
-            flags: list[int] = self._client.smismember(acc, _raw(digests))  # type: ignore[assignment]
-            return {digest for digest, flag in zip(digests, flags, strict=True) if flag}
+            found: list[bytes] = self._among(keys=[acc], args=[packed])
+            return {int.from_bytes(raw, "big") for raw in found}
 
         return self._run("read accepted recipients", query)
 
@@ -247,7 +268,7 @@ class RedisLedger:
         def write() -> set[int]:
             now = time.time()
             args: list[Any] = [intent.key, _pack(intent, now), now, job_key]
-            fresh, taken = self._begin(keys=keys, args=[*args, *_raw(intent.digests)])
+            fresh, taken = self._begin(keys=keys, args=args)
             self._touch(jid, now, fresh)
             return {int.from_bytes(raw, "big") for raw in taken}
 
@@ -273,7 +294,7 @@ class RedisLedger:
                 job_key,
                 "" if successor is None else successor.key,
                 b"" if successor is None else _pack(successor, now),
-                *_raw(accepted),
+                _packed(accepted),
             ]
             fresh = self._finish(keys=keys, args=args)
             self._touch(jid, now, fresh)

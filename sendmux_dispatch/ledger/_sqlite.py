@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import struct
@@ -29,8 +30,6 @@ __all__ = ["SqliteLedger"]
 _T = TypeVar("_T")
 _SIGN = 1 << 63
 _WRAP = 1 << 64
-# SQLite's default limit on host parameters is 32766 (999 before 3.32): stay well under.
-_CHUNK = 500
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -64,17 +63,29 @@ def _unsigned(value: int) -> int:
     return value + _WRAP if value < 0 else value
 
 
+def _json(digests: Sequence[int]) -> str:
+    """Digests as one JSON array of signed integers, for ``json_each(?)``.
+
+    One parameter instead of one per digest: a statement binds it and runs
+    in one step, so a call makes a handful of steps whatever the batch size.
+    (Each step releases the GIL and takes it back, and taking it back behind
+    a busy planning thread is what made the worker threads slow.)
+    """
+    count = len(digests)
+    signed = struct.unpack(f"={count}q", struct.pack(f"={count}Q", *digests))
+    return json.dumps(signed)
+
+
+def _from_json(text: str | None) -> set[int]:
+    return {_unsigned(value) for value in json.loads(text)} if text else set()
+
+
 def _pack(digests: Sequence[int]) -> bytes:
     return struct.pack(f">{len(digests)}Q", *digests)
 
 
 def _unpack(blob: bytes) -> tuple[int, ...]:
     return struct.unpack(f">{len(blob) // 8}Q", blob)
-
-
-def _chunks(items: Sequence[int]) -> Iterator[Sequence[int]]:
-    for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]
 
 
 class SqliteLedger:
@@ -154,6 +165,15 @@ class SqliteLedger:
                     "put it on a local disk",
                     backend="sqlite",
                 )
+            try:
+                conn.execute("SELECT json_each.value FROM json_each('[1]')").fetchone()
+            except sqlite3.OperationalError as exc:
+                raise LedgerUnavailableError(
+                    f"the SQLite library ({sqlite3.sqlite_version}) has no JSON functions, "
+                    "which the ledger's queries use: use a Python built with SQLite 3.38 or "
+                    "later (or one with JSON1 compiled in)",
+                    backend="sqlite",
+                ) from exc
             conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
             # A batch's accepted digests land on ~100 random pages, each copied
             # into the WAL; checkpointing every 10,000 pages (40 MB) rather than
@@ -220,20 +240,17 @@ class SqliteLedger:
         if not digests:
             return set()
         _check_digests(digests)
+        values = _json(digests)
 
         def query(conn: sqlite3.Connection) -> set[int]:
-            job = self._job_id(conn, job_key)
-            if job is None:
-                return set()
-            found: set[int] = set()
-            for chunk in _chunks(digests):
-                marks = ",".join("?" * len(chunk))
-                rows = conn.execute(
-                    f"SELECT digest FROM accepted WHERE job = ? AND digest IN ({marks})",  # noqa: S608
-                    (job, *map(_signed, chunk)),
-                )
-                found.update(_unsigned(row[0]) for row in rows)
-            return found
+            # One statement, one step: the job's id and the digests' lookup together.
+            row = conn.execute(
+                "SELECT json_group_array(digest) FROM accepted "
+                "WHERE job = (SELECT id FROM jobs WHERE job_key = ?) "
+                "AND digest IN (SELECT value FROM json_each(?))",
+                (job_key, values),
+            ).fetchone()
+            return _from_json(row[0])
 
         return self._run("read accepted recipients", query)
 
@@ -258,35 +275,34 @@ class SqliteLedger:
 
     def begin(self, job_key: str, intent: Intent) -> set[int]:
         _check_job_key(job_key)
+        values = _json(intent.digests)
+        members = _pack(intent.digests)
 
         def write(conn: sqlite3.Connection) -> set[int]:
             now = time.time()
             with self._write(conn):
                 job = self._touch(conn, job_key, now)
-                members = set(intent.digests)
-                taken: set[int] = set()
-                for chunk in _chunks(intent.digests):
-                    marks = ",".join("?" * len(chunk))
-                    taken.update(
-                        _unsigned(row[0])
-                        for row in conn.execute(
-                            f"SELECT digest FROM accepted WHERE job = ? AND digest IN ({marks})",  # noqa: S608
-                            (job, *map(_signed, chunk)),
-                        )
-                    )
                 # Pending intents are few (what was in flight), so their members
                 # are checked here rather than kept in an index: an index row per
                 # member would double the random page writes of every batch.
-                for (blob,) in conn.execute(
-                    "SELECT members FROM intents WHERE job = ? AND key != ?", (job, intent.key)
-                ):
-                    taken.update(members.intersection(_unpack(blob)))
+                # Both checks in one statement (one step): the members already
+                # accepted, and every other pending intent's members as hex.
+                accepted, others = conn.execute(
+                    "SELECT (SELECT json_group_array(digest) FROM accepted "
+                    "WHERE job = ?1 AND digest IN (SELECT value FROM json_each(?2))), "
+                    "(SELECT group_concat(hex(members), '') FROM intents "
+                    "WHERE job = ?1 AND key != ?3)",
+                    (job, values, intent.key),
+                ).fetchone()
+                taken = _from_json(accepted)
+                if others:
+                    taken.update(set(intent.digests).intersection(_unpack(bytes.fromhex(others))))
                 if taken:
                     return taken
                 conn.execute(
                     "INSERT INTO intents (job, key, attempt, created, members) "
                     "VALUES (?, ?, ?, ?, ?) ON CONFLICT (job, key) DO NOTHING",
-                    (job, intent.key, intent.attempt, now, _pack(intent.digests)),
+                    (job, intent.key, intent.attempt, now, members),
                 )
                 return taken
 
@@ -301,14 +317,17 @@ class SqliteLedger:
     ) -> None:
         _check_job_key(job_key)
         _check_digests(accepted)
+        # Sorted, so the inserts walk the digest index in order.
+        values = _json(sorted(accepted)) if accepted else "[]"
 
         def write(conn: sqlite3.Connection) -> None:
             now = time.time()
             with self._write(conn):
                 job = self._touch(conn, job_key, now)
-                conn.executemany(
-                    "INSERT OR IGNORE INTO accepted (job, digest) VALUES (?, ?)",
-                    [(job, _signed(d)) for d in accepted],
+                conn.execute(
+                    "INSERT OR IGNORE INTO accepted (job, digest) "
+                    "SELECT ?, value FROM json_each(?) ORDER BY value",
+                    (job, values),
                 )
                 gone = conn.execute(
                     "DELETE FROM intents WHERE job = ? AND key = ?", (job, key)

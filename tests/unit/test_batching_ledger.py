@@ -134,3 +134,14 @@ def test_a_lookup_that_fails_ends_the_plan_and_sends_nothing_unasked() -> None:
 def test_a_ledger_needs_dedupe() -> None:
     with pytest.raises(ValueError, match="dedupe"):
         plan_batches(TEMPLATE, [row(1)], job_key="job", dedupe=False, ledger=LedgerStage(Lookups()))
+
+
+def test_batches_carry_the_digests_the_planner_hashed_in_member_order() -> None:
+    # begin and finish reuse these instead of hashing again: they must be
+    # exactly each member's digest, batch by batch (a duplicate and a bad row at the end).
+    rows = [row(i) for i in range(250)] + [row(3), row(i=999, valid=False)]
+    items = plan(rows, LedgerStage(Lookups(), [], fresh=True))
+    batches = [item for item in items if isinstance(item, PlannedBatch)]
+    assert [len(batch) for batch in batches] == [100, 100, 50]
+    for batch in batches:
+        assert batch.digests == tuple(recipient_digest(r.identity) for r in batch.recipients)
