@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, TypedDict
 
+from sendmux_celery._progress import ProgressStore, progress_url
 from sendmux_celery._results import BatchSummary, ErrorInfo, error_info, summarize
 from sendmux_celery._settings import SettingsError
 from sendmux_celery._task import SendmuxTask
@@ -25,6 +26,9 @@ from sendmux_dispatch.report import Outcome
 __all__ = ["EmailSummary", "send_batch", "send_email"]
 
 logger = logging.getLogger("sendmux_celery")
+
+#: A bulk batch whose verdict could not be counted (Redis down) runs again this much later.
+_RECORD_RETRY_SECONDS = 10.0
 
 _KEY = re.compile(api_limits.IDEMPOTENCY_KEY_PATTERN)
 #: Every batch of the job would fail the same way: nothing was sent.
@@ -131,14 +135,51 @@ def _not_a_message(field: str) -> InvalidMessageError:
 
 
 def send_batch(
-    task: SendmuxTask, messages: list[Mapping[str, Any]], idempotency_key: str
+    task: SendmuxTask,
+    messages: list[Mapping[str, Any]],
+    idempotency_key: str,
+    bulk_job: str | None = None,
 ) -> BatchSummary:
     """Send up to 100 messages as one batch request under the batch's ``idempotency_key``.
 
     Messages that fail validation are reported ``invalid`` by index and the
     others are sent (the same ones on every delivery, so the body and its key
-    stay paired); a batch with none valid sends nothing.
+    stay paired); a batch with none valid sends nothing. ``bulk_job`` (set by
+    :func:`send_bulk`) names the bulk job whose Redis counters the verdict
+    is added to, once per batch key.
     """
+    summary = _send_batch(task, messages, idempotency_key)
+    if bulk_job is not None:
+        _record(task, bulk_job, summary)
+    return summary
+
+
+def _record(task: SendmuxTask, bulk_job: str, summary: BatchSummary) -> None:
+    import redis
+
+    try:
+        ProgressStore(progress_url(task.app.conf)).record_batch(bulk_job, summary)
+    except SettingsError:
+        # No Redis to count in: the verdict is still in the result backend.
+        logger.error(
+            "%s[%s]: bulk progress not recorded: no progress URL", task.name, task.request.id
+        )
+    except redis.RedisError as error:
+        # Uncounted, the job would never look done: ask again later. The rerun
+        # replays the batch (same key) and counts it once.
+        logger.warning(
+            "%s[%s]: bulk progress not recorded (%s); retry in %.0f s",
+            task.name,
+            task.request.id,
+            type(error).__name__,
+            _RECORD_RETRY_SECONDS,
+        )
+        raise task.retry(countdown=_RECORD_RETRY_SECONDS) from None
+
+
+def _send_batch(
+    task: SendmuxTask, messages: list[Mapping[str, Any]], idempotency_key: str
+) -> BatchSummary:
     attempts = int(task.request.retries or 0) + 1
     first = task.first_attempt_at()
     key = idempotency_key if isinstance(idempotency_key, str) else ""

@@ -31,7 +31,10 @@ def send_email(
 
 @shared_task(name=SEND_BATCH, base=SendmuxTask, bind=True)  # type: ignore[untyped-decorator]
 def send_batch(
-    self: SendmuxTask, messages: list[Mapping[str, Any]], idempotency_key: str
+    self: SendmuxTask,
+    messages: list[Mapping[str, Any]],
+    idempotency_key: str,
+    bulk_job: str | None = None,
 ) -> BatchSummary:
     """Send up to 100 messages as one batch under the batch's ``idempotency_key``."""
-    return _bodies.send_batch(self, messages, idempotency_key)
+    return _bodies.send_batch(self, messages, idempotency_key, bulk_job)
