@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, TypedDict
 
+from sendmux_celery._ledger import finish_batch, ledger_for, ledger_url
 from sendmux_celery._progress import ProgressStore, progress_url
 from sendmux_celery._results import BatchSummary, ErrorInfo, error_info, summarize
 from sendmux_celery._settings import SettingsError
@@ -17,6 +18,7 @@ from sendmux_dispatch.errors import (
     IdempotencyConflictError,
     InsufficientCreditsError,
     InvalidMessageError,
+    LedgerUnavailableError,
     PermissionDeniedError,
     SendmuxError,
 )
@@ -139,6 +141,8 @@ def send_batch(
     messages: list[Mapping[str, Any]],
     idempotency_key: str,
     bulk_job: str | None = None,
+    job_key: str | None = None,
+    digests: list[int] | None = None,
 ) -> BatchSummary:
     """Send up to 100 messages as one batch request under the batch's ``idempotency_key``.
 
@@ -146,12 +150,42 @@ def send_batch(
     others are sent (the same ones on every delivery, so the body and its key
     stay paired); a batch with none valid sends nothing. ``bulk_job`` (set by
     :func:`send_bulk`) names the bulk job whose Redis counters the verdict
-    is added to, once per batch key.
+    is added to, once per batch key; ``job_key`` and ``digests`` (the
+    members' ledger digests), when the producer used the send ledger, have
+    the verdict recorded there first.
     """
     summary = _send_batch(task, messages, idempotency_key)
+    if job_key is not None and digests is not None:
+        _finish(task, job_key, digests, summary)
     if bulk_job is not None:
         _record(task, bulk_job, summary)
     return summary
+
+
+def _finish(task: SendmuxTask, job_key: str, digests: list[int], summary: BatchSummary) -> None:
+    url = ledger_url(task.app.conf)
+    if url is None:
+        # The producer recorded an intent the worker cannot settle: say so, loudly.
+        logger.error(
+            "%s[%s]: the batch belongs to a job on the send ledger, but this worker has no "
+            "app.conf.sendmux_ledger_url: its intent stays pending",
+            task.name,
+            task.request.id,
+        )
+        return
+    try:
+        finish_batch(ledger_for(url), job_key, digests, summary)
+    except LedgerUnavailableError as error:
+        # Unrecorded, a re-run would replay the batch (harmless) but report it
+        # pending; asking again keeps the ledger true. The rerun is a replay.
+        logger.warning(
+            "%s[%s]: the send ledger could not record the batch (%s); retry in %.0f s",
+            task.name,
+            task.request.id,
+            error.message,
+            _RECORD_RETRY_SECONDS,
+        )
+        raise task.retry(countdown=_RECORD_RETRY_SECONDS) from None
 
 
 def _record(task: SendmuxTask, bulk_job: str, summary: BatchSummary) -> None:

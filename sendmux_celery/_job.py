@@ -21,7 +21,8 @@ class BulkProgress:
     ``batches_done``/``messages_done``: batches whose task returned its
     verdict, and their messages; ``queued`` ... ``not_sent``: those messages
     by outcome (``failed`` includes retries run out); ``invalid`` also counts
-    recipients refused while planning; ``in_flight``: batches enqueued and
+    recipients refused while planning, ``already_accepted``, ``failed`` and
+    ``not_sent`` those the send ledger settled while planning; ``in_flight``: batches enqueued and
     not yet done (waiting in the broker, running, or retrying).
     """
 
@@ -77,10 +78,11 @@ class BulkJob:
             batches_done=counts.get("batches", 0),
             messages_done=done_messages,
             queued=counts.get(Outcome.QUEUED.value, 0),
-            failed=counts.get(Outcome.FAILED.value, 0),
+            failed=counts.get(Outcome.FAILED.value, 0) + int(meta.get("skipped_failed", 0)),
             invalid=counts.get(Outcome.INVALID.value, 0) + plan_invalid,
-            already_accepted=counts.get(Outcome.ALREADY_ACCEPTED.value, 0),
-            not_sent=counts.get(Outcome.NOT_SENT.value, 0),
+            already_accepted=counts.get(Outcome.ALREADY_ACCEPTED.value, 0)
+            + int(meta.get("skipped_already_accepted", 0)),
+            not_sent=counts.get(Outcome.NOT_SENT.value, 0) + int(meta.get("skipped_not_sent", 0)),
             duplicates_dropped=int(meta.get("duplicates_dropped", 0)),
         )
 

@@ -8,11 +8,13 @@ delivered twice (a killed worker, a producer re-run) is counted once. Keys
 
     sendmux:bulk:{job}:meta     hash: planned batches/messages, planning totals
     sendmux:bulk:{job}:planned  set of the batch keys enqueued
-    sendmux:bulk:{job}:done     hash batch key -> its status
+    sendmux:bulk:{job}:done     hash batch key -> its status (once per key)
     sendmux:bulk:{job}:counts   hash outcome -> messages, plus batches, attempts
     sendmux:bulk:{job}:fail     list of the first failures (JSON), capped
 
-All of them expire :data:`PROGRESS_TTL_SECONDS` after the last write.
+Each :func:`send_bulk` call is a *run*: it starts the counters afresh, and
+a batch counts only when this run planned it. All of them expire
+:data:`PROGRESS_TTL_SECONDS` after the last write.
 """
 
 from __future__ import annotations
@@ -48,9 +50,11 @@ redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
 return new
 """
 
-# KEYS: done, counts, fail. ARGV: batch key, status, ttl, max failures, attempts,
-# then (outcome, n) pairs, then '|', then failure JSON lines.
+# KEYS: done, counts, fail, planned. ARGV: batch key, status, ttl, max failures,
+# attempts, then (outcome, n) pairs, then '|', then failure JSON lines.
+# A batch the current run did not plan (a straggler of an earlier run) is not counted.
 _RECORD = """
+if redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 0 then return -1 end
 local first = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
 if first == 1 then
   redis.call('HINCRBY', KEYS[2], 'batches', 1)
@@ -129,8 +133,13 @@ class ProgressStore:
         return {part: f"{base}:{part}" for part in ("meta", "planned", "done", "counts", "fail")}
 
     def reset(self, job: str) -> None:
-        """Forget a job's planning state (a re-run starts ``planning`` again)."""
-        self._redis.hset(self.keys(job)["meta"], mapping={"planning_done": 0})
+        """Start a run: forget the counters of the job's previous run."""
+        keys = self.keys(job)
+        pipe = self._redis.pipeline()
+        pipe.delete(*keys.values())
+        pipe.hset(keys["meta"], mapping={"planning_done": 0})
+        pipe.expire(keys["meta"], PROGRESS_TTL_SECONDS)
+        pipe.execute()
 
     def plan_batch(self, job: str, batch_key: str, messages: int) -> bool:
         """Count a batch as enqueued (once per key); True when it was new."""
@@ -167,8 +176,10 @@ class ProgressStore:
             )
             for f in summary["failures"][:DEFAULT_MAX_FAILURES]
         ]
-        first = self._redis.eval(_RECORD, 3, keys["done"], keys["counts"], keys["fail"], *args)
-        return bool(first)
+        first = self._redis.eval(
+            _RECORD, 4, keys["done"], keys["counts"], keys["fail"], keys["planned"], *args
+        )
+        return bool(first == 1)
 
     def snapshot(self, job: str) -> tuple[dict[str, str], dict[str, int], list[dict[str, Any]]]:
         """The job's meta, counters and kept failures, read in one round trip."""

@@ -87,8 +87,10 @@ def register(
         messages: list[Mapping[str, Any]],
         idempotency_key: str,
         bulk_job: str | None = None,
+        job_key: str | None = None,
+        digests: list[int] | None = None,
     ) -> BatchSummary:
-        return _bodies.send_batch(self, messages, idempotency_key, bulk_job)
+        return _bodies.send_batch(self, messages, idempotency_key, bulk_job, job_key, digests)
 
     made = []
     for name, fun in ((SEND_EMAIL, send_email), (SEND_BATCH, send_batch)):

@@ -35,6 +35,8 @@ def send_batch(
     messages: list[Mapping[str, Any]],
     idempotency_key: str,
     bulk_job: str | None = None,
+    job_key: str | None = None,
+    digests: list[int] | None = None,
 ) -> BatchSummary:
     """Send up to 100 messages as one batch under the batch's ``idempotency_key``."""
-    return _bodies.send_batch(self, messages, idempotency_key, bulk_job)
+    return _bodies.send_batch(self, messages, idempotency_key, bulk_job, job_key, digests)

@@ -141,3 +141,27 @@ def test_worker_killed_mid_job_and_restarted_loses_and_duplicates_nothing(
     assert (report.total, report.queued, report.batches) == (5_000, 5_000, 50)
     _assert_each_once(sandbox, 5_000, tag)
     assert " ready." in second.text()
+
+
+def test_rerun_with_a_changed_list_on_the_ledger_mails_nobody_twice(
+    start_worker: Callable[..., Worker], rabbitmq_url: str, redis_url: str, sandbox: Any
+) -> None:
+    worker = start_worker(rabbitmq_url, SENDMUX_CELERY_LEDGER=redis_url)
+    worker.producer.conf.sendmux_ledger_url = redis_url
+    tag = uuid.uuid4().hex[:8]
+    rows = [
+        {"email": f"{tag}-{i}@example.com", "name": f"Reader {i}", "code": "x"} for i in range(900)
+    ]
+    key = f"ledger/{tag}"
+    first = send_bulk(worker.producer, TEMPLATE, rows[300:], job_key=key, queue=worker.queue)
+    assert first.wait(timeout=60).queued == 600
+    # The re-run's list has 300 new rows in front and the old ones reversed:
+    # every batch differs, so batch keys alone would send all 600 again.
+    changed = rows[:300] + rows[300:][::-1]
+    second = send_bulk(worker.producer, TEMPLATE, changed, job_key=key, queue=worker.queue)
+    report = second.wait(timeout=60)
+
+    assert (report.total, report.queued, report.already_accepted) == (900, 300, 600)
+    assert report.ok, report.summary_line()
+    _assert_each_once(sandbox, 900, tag)
+    assert sandbox.stats()["idempotent_replays"] == 0
