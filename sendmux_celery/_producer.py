@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
-from functools import partial
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel
@@ -14,6 +13,7 @@ from sendmux_celery._ledger import ledger_for, ledger_url
 from sendmux_celery._progress import ProgressStore, job_id, progress_url
 from sendmux_celery._registry import SEND_BATCH, batch_task_id
 from sendmux_dispatch.batching import Duplicate, LedgerStage, PlannedBatch, Skipped, plan_batches
+from sendmux_dispatch.errors import LedgerUnavailableError
 from sendmux_dispatch.ledger import Intent, RedisLedger
 from sendmux_dispatch.personalize import Personalizer
 from sendmux_dispatch.recipients import RecipientFailure
@@ -61,15 +61,30 @@ def send_bulk(
     Progress goes to Redis (``app.conf.sendmux_progress_url``, else a Redis
     result backend): raises :class:`SettingsError` before reading anything
     when there is none. The workers must see the same URL in their conf.
+    With ``app.conf.sendmux_ledger_url`` the send ledger makes re-runs with a
+    changed list exactly once; a ledger that cannot be reached raises
+    :class:`~sendmux_dispatch.errors.LedgerUnavailableError` (what was
+    published goes on; a re-run sends the rest).
     """
     store = ProgressStore(progress_url(app.conf))
     url = ledger_url(app.conf)
     ledger = None if url is None else ledger_for(url)
     stage = None
+    outage: list[LedgerUnavailableError] = []
     if ledger is not None:
+        lookup = ledger
+
+        def accepted_among(digests: Sequence[int]) -> set[int]:
+            try:
+                return lookup.accepted_among(job_key, digests)
+            except LedgerUnavailableError as error:
+                # The planner ends the plan quietly here; the producer must not.
+                outage.append(error)
+                raise
+
         # Read before the list: what an earlier run left in flight is replayed.
         stage = LedgerStage(
-            partial(ledger.accepted_among, job_key),
+            accepted_among,
             ledger.pending(job_key),
             fresh=ledger.stats(job_key) is None,
         )
@@ -147,6 +162,11 @@ def send_bulk(
         published += 1
         if published % _TOTALS_EVERY == 0:
             store.set_plan(job, totals(False))
+    if outage:
+        # What was published goes on; the rest of the list was not read. A
+        # re-run (same job key) skips what was accepted and sends the rest.
+        store.set_plan(job, totals(False))
+        raise outage[0]
     store.set_plan(job, totals(True))
     return BulkJob(app, job_key)
 

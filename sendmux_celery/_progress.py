@@ -3,7 +3,7 @@
 Not a chord or a group: those keep a counter per header task and slow down
 badly past a few thousand tasks. Here each finished batch adds its counts
 once, in one Lua script keyed by the batch's idempotency key, so a batch
-delivered twice (a killed worker, a producer re-run) is counted once. Keys
+delivered twice (a killed worker, a broker redelivery) is counted once. Keys
 (``{job}`` is :func:`job_id` of the job key, never the key itself)::
 
     sendmux:bulk:{job}:meta     hash: planned batches/messages, planning totals
