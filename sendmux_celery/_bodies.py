@@ -143,6 +143,7 @@ def send_batch(
     bulk_job: str | None = None,
     job_key: str | None = None,
     digests: list[int] | None = None,
+    recorded: list[int] | None = None,
 ) -> BatchSummary:
     """Send up to 100 messages as one batch request under the batch's ``idempotency_key``.
 
@@ -152,17 +153,24 @@ def send_batch(
     :func:`send_bulk`) names the bulk job whose Redis counters the verdict
     is added to, once per batch key; ``job_key`` and ``digests`` (the
     members' ledger digests), when the producer used the send ledger, have
-    the verdict recorded there first.
+    the verdict recorded there first (``recorded``: the full member list of
+    a replayed intent, when this run found only some of them).
     """
     summary = _send_batch(task, messages, idempotency_key)
     if job_key is not None and digests is not None:
-        _finish(task, job_key, digests, summary)
+        _finish(task, job_key, digests, summary, recorded)
     if bulk_job is not None:
         _record(task, bulk_job, summary)
     return summary
 
 
-def _finish(task: SendmuxTask, job_key: str, digests: list[int], summary: BatchSummary) -> None:
+def _finish(
+    task: SendmuxTask,
+    job_key: str,
+    digests: list[int],
+    summary: BatchSummary,
+    recorded: list[int] | None,
+) -> None:
     url = ledger_url(task.app.conf)
     if url is None:
         # The producer recorded an intent the worker cannot settle: say so, loudly.
@@ -174,7 +182,7 @@ def _finish(task: SendmuxTask, job_key: str, digests: list[int], summary: BatchS
         )
         return
     try:
-        finish_batch(ledger_for(url), job_key, digests, summary)
+        finish_batch(ledger_for(url), job_key, digests, summary, recorded)
     except LedgerUnavailableError as error:
         # Unrecorded, a re-run would replay the batch (harmless) but report it
         # pending; asking again keeps the ledger true. The rerun is a replay.

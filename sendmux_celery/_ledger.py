@@ -45,7 +45,11 @@ def ledger_for(url: str) -> RedisLedger:
 
 
 def finish_batch(
-    ledger: RedisLedger, job_key: str, digests: Sequence[int], summary: BatchSummary
+    ledger: RedisLedger,
+    job_key: str,
+    digests: Sequence[int],
+    summary: BatchSummary,
+    recorded: Sequence[int] | None = None,
 ) -> None:
     """Record a batch task's verdict in the ledger (or leave its intent pending).
 
@@ -53,6 +57,9 @@ def finish_batch(
     have been accepted (a lost answer): its intent stays pending and a re-run
     of the job replays it under the same key. Every other verdict is final:
     the accepted members are recorded, the rest released for a re-run.
+    ``recorded`` is a replayed intent's full member list: when the server
+    answers that its key was used already, all of them were accepted, also
+    those this run's list no longer holds.
     """
     error = summary["error"]
     counts = summary["counts"]
@@ -61,7 +68,9 @@ def finish_batch(
         return
     if len(digests) != summary["total"]:
         return  # not the batch the producer recorded: leave it for the re-run to settle
-    if counts["already_accepted"]:
+    if counts["already_accepted"] and recorded:
+        accepted = list(recorded)
+    elif counts["already_accepted"]:
         refused = {failure["index"] for failure in summary["failures"]}
         accepted = [d for i, d in enumerate(digests) if i not in refused]
     else:

@@ -151,6 +151,8 @@ def send_bulk(
         kwargs: dict[str, Any] = {"bulk_job": job}
         if ledger is not None:
             kwargs.update(job_key=job_key, digests=list(batch.digests))
+            if batch.intent is not None and batch.intent.digests != batch.digests:
+                kwargs["recorded"] = list(batch.intent.digests)
         app.send_task(
             SEND_BATCH,
             args=[list(batch.messages), batch.idempotency_key],

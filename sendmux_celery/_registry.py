@@ -89,8 +89,11 @@ def register(
         bulk_job: str | None = None,
         job_key: str | None = None,
         digests: list[int] | None = None,
+        recorded: list[int] | None = None,
     ) -> BatchSummary:
-        return _bodies.send_batch(self, messages, idempotency_key, bulk_job, job_key, digests)
+        return _bodies.send_batch(
+            self, messages, idempotency_key, bulk_job, job_key, digests, recorded
+        )
 
     made = []
     for name, fun in ((SEND_EMAIL, send_email), (SEND_BATCH, send_batch)):

@@ -37,6 +37,7 @@ def send_batch(
     bulk_job: str | None = None,
     job_key: str | None = None,
     digests: list[int] | None = None,
+    recorded: list[int] | None = None,
 ) -> BatchSummary:
     """Send up to 100 messages as one batch under the batch's ``idempotency_key``."""
-    return _bodies.send_batch(self, messages, idempotency_key, bulk_job, job_key, digests)
+    return _bodies.send_batch(self, messages, idempotency_key, bulk_job, job_key, digests, recorded)

@@ -143,11 +143,17 @@ def test_worker_killed_mid_job_and_restarted_loses_and_duplicates_nothing(
     assert " ready." in second.text()
 
 
-def test_rerun_with_a_changed_list_on_the_ledger_mails_nobody_twice(
-    start_worker: Callable[..., Worker], rabbitmq_url: str, redis_url: str, sandbox: Any
-) -> None:
+@pytest.fixture(scope="module")
+def ledger_worker(start_worker: Callable[..., Worker], rabbitmq_url: str, redis_url: str) -> Worker:
     worker = start_worker(rabbitmq_url, SENDMUX_CELERY_LEDGER=redis_url)
     worker.producer.conf.sendmux_ledger_url = redis_url
+    return worker
+
+
+def test_rerun_with_a_changed_list_on_the_ledger_mails_nobody_twice(
+    ledger_worker: Worker, sandbox: Any
+) -> None:
+    worker = ledger_worker
     tag = uuid.uuid4().hex[:8]
     rows = [
         {"email": f"{tag}-{i}@example.com", "name": f"Reader {i}", "code": "x"} for i in range(900)
@@ -165,3 +171,36 @@ def test_rerun_with_a_changed_list_on_the_ledger_mails_nobody_twice(
     assert report.ok, report.summary_line()
     _assert_each_once(sandbox, 900, tag)
     assert sandbox.stats()["idempotent_replays"] == 0
+
+
+def test_batches_lost_before_any_worker_took_them_are_replayed_by_the_rerun(
+    ledger_worker: Worker, redis_url: str, sandbox: Any
+) -> None:
+    from sendmux_dispatch.ledger import RedisLedger
+
+    worker = ledger_worker
+    tag = uuid.uuid4().hex[:8]
+    rows = [
+        {"email": f"{tag}-{i}@example.com", "name": f"Reader {i}", "code": "x"} for i in range(500)
+    ]
+    key = f"lost/{tag}"
+    # The first run publishes to a queue nobody consumes, then the queue is lost.
+    lost = f"{worker.queue}-lost"
+    send_bulk(worker.producer, TEMPLATE, rows, job_key=key, queue=lost)
+    with worker.producer.connection_for_write() as connection:
+        connection.default_channel.queue_delete(lost)
+    with RedisLedger(redis_url) as ledger:
+        stats = ledger.stats(key)
+        assert stats is not None
+        assert (stats.pending, stats.accepted) == (5, 0)
+
+    # The re-run's list is reordered: the pending batches go out under their recorded keys.
+    report = send_bulk(worker.producer, TEMPLATE, rows[::-1], job_key=key, queue=worker.queue).wait(
+        timeout=60
+    )
+    assert (report.total, report.queued, report.batches) == (500, 500, 5)
+    _assert_each_once(sandbox, 500, tag)
+    with RedisLedger(redis_url) as ledger:
+        stats = ledger.stats(key)
+        assert stats is not None
+        assert (stats.pending, stats.accepted) == (0, 500)
