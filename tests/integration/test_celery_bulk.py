@@ -116,10 +116,18 @@ def test_rerun_of_a_finished_bulk_job_sends_nothing_again_and_counts_once(
     _assert_each_once(sandbox, 250, tag)
 
 
+# RabbitMQ only: on Redis a killed worker's unacked batches came back only
+# after ~100 s even with visibility_timeout=5 (kombu's restore of unacked
+# messages), too slow for this suite.
+@pytest.mark.parametrize("broker", ["rabbitmq"])
 def test_worker_killed_mid_job_and_restarted_loses_and_duplicates_nothing(
-    start_worker: Callable[..., Worker], rabbitmq_url: str, sandbox: Any
+    broker: str, start_worker: Callable[..., Worker], request: pytest.FixtureRequest, sandbox: Any
 ) -> None:
-    first = start_worker(rabbitmq_url)
+    url = request.getfixturevalue(f"{broker}_url" if broker == "rabbitmq" else "redis_broker_url")
+    # On Redis a dead worker's unacked batch comes back after the visibility
+    # timeout: it would need a short one here.
+    env = {"SENDMUX_CELERY_VISIBILITY": "5"} if broker == "redis" else {}
+    first = start_worker(url, **env)
     tag = uuid.uuid4().hex[:8]
     # Each request held a little, so batches are in flight when the kill lands.
     sandbox.set_faults(latency=0.05)
@@ -133,7 +141,7 @@ def test_worker_killed_mid_job_and_restarted_loses_and_duplicates_nothing(
     wait_for(lambda: job.progress().batches_done >= 10, 60, "ten batches done")
     first.kill()
     assert job.progress().in_flight > 0
-    second = start_worker(rabbitmq_url, queue=first.queue)
+    second = start_worker(url, queue=first.queue, **env)
     report = job.wait(timeout=120)
     sandbox.set_faults()
 
