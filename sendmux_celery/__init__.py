@@ -1,5 +1,7 @@
 """Celery task pack for Sendmux: batches that survive killed workers and redelivery.
 
+``send_bulk(app, template, recipients, job_key=...)`` streams a recipient
+list into batch tasks and returns a ``BulkJob`` (progress in Redis counters).
 ``register(app)`` puts ``sendmux.send_email`` and ``sendmux.send_batch`` on a
 Celery app; ``sendmux_celery.tasks`` holds the same as shared tasks for
 autodiscovery (not imported here, so importing the package registers nothing).
@@ -7,7 +9,10 @@ Only ``sendmux_dispatch`` speaks HTTP. See docs/celery.md.
 """
 
 from sendmux_celery._bodies import EmailSummary
+from sendmux_celery._job import BulkJob, BulkProgress
 from sendmux_celery._process import close_clients, worker_client
+from sendmux_celery._producer import DEFAULT_TASK_BYTES, send_bulk
+from sendmux_celery._progress import PROGRESS_TTL_SECONDS, job_id
 from sendmux_celery._registry import (
     SEND_BATCH,
     SEND_EMAIL,
@@ -26,12 +31,16 @@ from sendmux_celery._task import (
 
 __all__ = [
     "API_KEY_ENV",
+    "DEFAULT_TASK_BYTES",
     "DEFAULT_TASK_RETRY",
     "MAX_COUNTDOWN",
     "MAX_RETRY_DEADLINE",
+    "PROGRESS_TTL_SECONDS",
     "SEND_BATCH",
     "SEND_EMAIL",
     "BatchSummary",
+    "BulkJob",
+    "BulkProgress",
     "EmailSummary",
     "ErrorInfo",
     "FailureInfo",
@@ -41,6 +50,8 @@ __all__ = [
     "SettingsError",
     "batch_task_id",
     "close_clients",
+    "job_id",
     "register",
+    "send_bulk",
     "worker_client",
 ]

@@ -7,6 +7,8 @@ import re
 from collections.abc import Mapping
 from typing import Any, TypedDict
 
+from sendmux_celery._ledger import finish_batch, ledger_for, ledger_url
+from sendmux_celery._progress import ProgressStore, progress_url
 from sendmux_celery._results import BatchSummary, ErrorInfo, error_info, summarize
 from sendmux_celery._settings import SettingsError
 from sendmux_celery._task import SendmuxTask
@@ -16,6 +18,7 @@ from sendmux_dispatch.errors import (
     IdempotencyConflictError,
     InsufficientCreditsError,
     InvalidMessageError,
+    LedgerUnavailableError,
     PermissionDeniedError,
     SendmuxError,
 )
@@ -25,6 +28,9 @@ from sendmux_dispatch.report import Outcome
 __all__ = ["EmailSummary", "send_batch", "send_email"]
 
 logger = logging.getLogger("sendmux_celery")
+
+#: A bulk batch whose verdict could not be counted (Redis down) runs again this much later.
+_RECORD_RETRY_SECONDS = 10.0
 
 _KEY = re.compile(api_limits.IDEMPOTENCY_KEY_PATTERN)
 #: Every batch of the job would fail the same way: nothing was sent.
@@ -131,14 +137,91 @@ def _not_a_message(field: str) -> InvalidMessageError:
 
 
 def send_batch(
-    task: SendmuxTask, messages: list[Mapping[str, Any]], idempotency_key: str
+    task: SendmuxTask,
+    messages: list[Mapping[str, Any]],
+    idempotency_key: str,
+    bulk_job: str | None = None,
+    job_key: str | None = None,
+    digests: list[int] | None = None,
+    recorded: list[int] | None = None,
 ) -> BatchSummary:
     """Send up to 100 messages as one batch request under the batch's ``idempotency_key``.
 
     Messages that fail validation are reported ``invalid`` by index and the
     others are sent (the same ones on every delivery, so the body and its key
-    stay paired); a batch with none valid sends nothing.
+    stay paired); a batch with none valid sends nothing. ``bulk_job`` (set by
+    :func:`send_bulk`) names the bulk job whose Redis counters the verdict
+    is added to, once per batch key; ``job_key`` and ``digests`` (the
+    members' ledger digests), when the producer used the send ledger, have
+    the verdict recorded there first (``recorded``: the full member list of
+    a replayed intent, when this run found only some of them).
     """
+    summary = _send_batch(task, messages, idempotency_key)
+    if job_key is not None and digests is not None:
+        _finish(task, job_key, digests, summary, recorded)
+    if bulk_job is not None:
+        _record(task, bulk_job, summary)
+    return summary
+
+
+def _finish(
+    task: SendmuxTask,
+    job_key: str,
+    digests: list[int],
+    summary: BatchSummary,
+    recorded: list[int] | None,
+) -> None:
+    url = ledger_url(task.app.conf)
+    if url is None:
+        # The producer recorded an intent the worker cannot settle: say so, loudly.
+        logger.error(
+            "%s[%s]: the batch belongs to a job on the send ledger, but this worker has no "
+            "app.conf.sendmux_ledger_url: its intent stays pending",
+            task.name,
+            task.request.id,
+        )
+        return
+    try:
+        finish_batch(ledger_for(url), job_key, digests, summary, recorded)
+    except LedgerUnavailableError as error:
+        # Unrecorded, a re-run would replay the batch (harmless) but report it
+        # pending; asking again keeps the ledger true. The rerun is a replay.
+        logger.warning(
+            "%s[%s]: the send ledger could not record the batch (%s); retry in %.0f s",
+            task.name,
+            task.request.id,
+            error.message,
+            _RECORD_RETRY_SECONDS,
+        )
+        raise task.retry(countdown=_RECORD_RETRY_SECONDS) from None
+
+
+def _record(task: SendmuxTask, bulk_job: str, summary: BatchSummary) -> None:
+    import redis
+
+    try:
+        ProgressStore(progress_url(task.app.conf)).record_batch(bulk_job, summary)
+    except SettingsError:
+        # No Redis to count in: the verdict is still in the result backend.
+        logger.error(
+            "%s[%s]: bulk progress not recorded: no progress URL", task.name, task.request.id
+        )
+    except redis.RedisError as error:
+        # Uncounted, the job would never look done: ask again later. The rerun
+        # replays the batch (same key) and counts it once.
+        logger.warning(
+            "%s[%s]: bulk progress not recorded (%s); retry in %.0f s",
+            task.name,
+            task.request.id,
+            type(error).__name__,
+            _RECORD_RETRY_SECONDS,
+        )
+        raise task.retry(countdown=_RECORD_RETRY_SECONDS) from None
+
+
+def _send_batch(
+    task: SendmuxTask, messages: list[Mapping[str, Any]], idempotency_key: str
+) -> BatchSummary:
     attempts = int(task.request.retries or 0) + 1
     first = task.first_attempt_at()
     key = idempotency_key if isinstance(idempotency_key, str) else ""

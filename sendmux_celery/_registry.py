@@ -83,9 +83,17 @@ def register(
         return _bodies.send_email(self, message, idempotency_key)
 
     def send_batch(
-        self: SendmuxTask, messages: list[Mapping[str, Any]], idempotency_key: str
+        self: SendmuxTask,
+        messages: list[Mapping[str, Any]],
+        idempotency_key: str,
+        bulk_job: str | None = None,
+        job_key: str | None = None,
+        digests: list[int] | None = None,
+        recorded: list[int] | None = None,
     ) -> BatchSummary:
-        return _bodies.send_batch(self, messages, idempotency_key)
+        return _bodies.send_batch(
+            self, messages, idempotency_key, bulk_job, job_key, digests, recorded
+        )
 
     made = []
     for name, fun in ((SEND_EMAIL, send_email), (SEND_BATCH, send_batch)):

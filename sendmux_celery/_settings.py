@@ -55,7 +55,8 @@ class SendmuxSettings:
     * ``sendmux_sending_url``, ``sendmux_management_url`` (the production URLs by default)
     * ``sendmux_pacer_url``: a Redis URL; every worker on the key shares one
       :class:`~sendmux_dispatch.RedisPacer` there (none: each process paces alone)
-    * ``sendmux_ledger_url``: reserved for the ledger on Redis (read, not used yet)
+    * ``sendmux_ledger_url``: the send ledger on Redis, used by the bulk flow
+      (:func:`~sendmux_celery.send_bulk` and its batch tasks)
     * ``sendmux_timeout``: seconds per HTTP request (30)
     * ``sendmux_request_attempts``: HTTP attempts within one task run (3), for
       blips; longer waits are task retries through the broker

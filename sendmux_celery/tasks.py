@@ -31,7 +31,13 @@ def send_email(
 
 @shared_task(name=SEND_BATCH, base=SendmuxTask, bind=True)  # type: ignore[untyped-decorator]
 def send_batch(
-    self: SendmuxTask, messages: list[Mapping[str, Any]], idempotency_key: str
+    self: SendmuxTask,
+    messages: list[Mapping[str, Any]],
+    idempotency_key: str,
+    bulk_job: str | None = None,
+    job_key: str | None = None,
+    digests: list[int] | None = None,
+    recorded: list[int] | None = None,
 ) -> BatchSummary:
     """Send up to 100 messages as one batch under the batch's ``idempotency_key``."""
-    return _bodies.send_batch(self, messages, idempotency_key)
+    return _bodies.send_batch(self, messages, idempotency_key, bulk_job, job_key, digests, recorded)

@@ -33,6 +33,7 @@ app.conf.update(
     sendmux_sending_url=os.environ.get("SENDMUX_CELERY_SENDING_URL"),
     sendmux_management_url=os.environ.get("SENDMUX_CELERY_MANAGEMENT_URL"),
     sendmux_pacer_url=os.environ.get("SENDMUX_CELERY_PACER") or None,
+    sendmux_ledger_url=os.environ.get("SENDMUX_CELERY_LEDGER") or None,
     sendmux_request_attempts=int(os.environ.get("SENDMUX_CELERY_ATTEMPTS", "3")),
     sendmux_timeout=10.0,
 )

@@ -1,0 +1,196 @@
+"""A bulk job's progress in Redis: counters the producer and the batch tasks update.
+
+Not a chord or a group: those keep a counter per header task and slow down
+badly past a few thousand tasks. Here each finished batch adds its counts
+once, in one Lua script keyed by the batch's idempotency key, so a batch
+delivered twice (a killed worker, a broker redelivery) is counted once. Keys
+(``{job}`` is :func:`job_id` of the job key, never the key itself)::
+
+    sendmux:bulk:{job}:meta     hash: planned batches/messages, planning totals
+    sendmux:bulk:{job}:planned  set of the batch keys enqueued
+    sendmux:bulk:{job}:done     hash batch key -> its status (once per key)
+    sendmux:bulk:{job}:counts   hash outcome -> messages, plus batches, attempts
+    sendmux:bulk:{job}:fail     list of the first failures (JSON), capped
+
+Each :func:`send_bulk` call is a *run*: it starts the counters afresh, and
+a batch counts only when this run planned it. All of them expire
+:data:`PROGRESS_TTL_SECONDS` after the last write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from sendmux_celery._results import BatchSummary
+from sendmux_celery._settings import SettingsError
+from sendmux_dispatch.report import DEFAULT_MAX_FAILURES
+
+__all__ = ["PROGRESS_TTL_SECONDS", "ProgressStore", "job_id", "progress_url"]
+
+#: How long a job's counters live after its last update (a week).
+PROGRESS_TTL_SECONDS = 7 * 24 * 3600
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+# KEYS: planned, meta. ARGV: batch key, messages, ttl.
+_PLAN = """
+local new = redis.call('SADD', KEYS[1], ARGV[1])
+if new == 1 then
+  redis.call('HINCRBY', KEYS[2], 'batches', 1)
+  redis.call('HINCRBY', KEYS[2], 'messages', tonumber(ARGV[2]))
+end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
+return new
+"""
+
+# KEYS: done, counts, fail, planned. ARGV: batch key, status, ttl, max failures,
+# attempts, then (outcome, n) pairs, then '|', then failure JSON lines.
+# A batch the current run did not plan (a straggler of an earlier run) is not counted.
+_RECORD = """
+if redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 0 then return -1 end
+local first = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+if first == 1 then
+  redis.call('HINCRBY', KEYS[2], 'batches', 1)
+  redis.call('HINCRBY', KEYS[2], 'status:' .. ARGV[2], 1)
+  redis.call('HINCRBY', KEYS[2], 'attempts', tonumber(ARGV[5]))
+  local i = 6
+  while ARGV[i] ~= '|' do
+    redis.call('HINCRBY', KEYS[2], ARGV[i], tonumber(ARGV[i + 1]))
+    i = i + 2
+  end
+  i = i + 1
+  local cap = tonumber(ARGV[4])
+  while ARGV[i] ~= nil do
+    if redis.call('LLEN', KEYS[3]) < cap then
+      redis.call('RPUSH', KEYS[3], ARGV[i])
+    else
+      redis.call('HINCRBY', KEYS[2], 'failures_omitted', 1)
+    end
+    i = i + 1
+  end
+end
+for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, tonumber(ARGV[3])) end
+return first
+"""
+
+_NOT_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def job_id(job_key: str) -> str:
+    """The Redis name of a bulk job: a readable slug and a digest of the whole job key."""
+    digest = hashlib.blake2b(job_key.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+    slug = _NOT_KEY_CHARS.sub("-", job_key)[:40].strip("-") or "job"
+    return f"{slug}-{digest}"
+
+
+def progress_url(conf: Mapping[str, Any]) -> str:
+    """``app.conf.sendmux_progress_url``, else the result backend when it is Redis."""
+    url = conf.get("sendmux_progress_url")
+    if url:
+        if not isinstance(url, str):
+            raise SettingsError("app.conf.sendmux_progress_url must be a Redis URL string")
+        return url
+    backend = conf.get("result_backend")
+    if isinstance(backend, str) and backend.startswith(_REDIS_SCHEMES):
+        return backend
+    raise SettingsError(
+        "a bulk job keeps its progress in Redis: set app.conf.sendmux_progress_url to a "
+        "Redis URL (or use a redis:// result backend), on the producer and the workers",
+        code="missing_progress_url",
+    )
+
+
+_lock = threading.Lock()
+_clients: dict[tuple[int, str], Any] = {}
+
+
+class ProgressStore:
+    """The Redis side of bulk progress (one connection pool per process and URL)."""
+
+    def __init__(self, url: str) -> None:
+        import redis
+
+        key = (os.getpid(), url)
+        with _lock:
+            # Per pid: a pool inherited through fork() shares the parent's sockets.
+            client = _clients.get(key)
+            if client is None:
+                client = _clients[key] = redis.Redis.from_url(
+                    url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
+                )
+        self._redis: Any = client
+
+    @staticmethod
+    def keys(job: str) -> dict[str, str]:
+        base = f"sendmux:bulk:{job}"
+        return {part: f"{base}:{part}" for part in ("meta", "planned", "done", "counts", "fail")}
+
+    def reset(self, job: str) -> None:
+        """Start a run: forget the counters of the job's previous run."""
+        keys = self.keys(job)
+        pipe = self._redis.pipeline()
+        pipe.delete(*keys.values())
+        pipe.hset(keys["meta"], mapping={"planning_done": 0})
+        pipe.expire(keys["meta"], PROGRESS_TTL_SECONDS)
+        pipe.execute()
+
+    def plan_batch(self, job: str, batch_key: str, messages: int) -> bool:
+        """Count a batch as enqueued (once per key); True when it was new."""
+        keys = self.keys(job)
+        new = self._redis.eval(
+            _PLAN, 2, keys["planned"], keys["meta"], batch_key, messages, PROGRESS_TTL_SECONDS
+        )
+        return bool(new)
+
+    def set_plan(self, job: str, totals: Mapping[str, int | str]) -> None:
+        """Planning totals (overwritten by every update: a re-run writes the same values)."""
+        keys = self.keys(job)
+        pipe = self._redis.pipeline()
+        pipe.hset(keys["meta"], mapping=dict(totals))
+        pipe.expire(keys["meta"], PROGRESS_TTL_SECONDS)
+        pipe.execute()
+
+    def record_batch(self, job: str, summary: BatchSummary) -> bool:
+        """Add a finished batch's counts, once per batch key; True when counted now."""
+        keys = self.keys(job)
+        args: list[Any] = [
+            summary["idempotency_key"],
+            summary["status"],
+            PROGRESS_TTL_SECONDS,
+            DEFAULT_MAX_FAILURES,
+            summary["attempts"],
+        ]
+        for outcome, count in summary["counts"].items():
+            args += [outcome, count]
+        args.append("|")
+        args += [
+            json.dumps(
+                {"email": f["to"], "code": f["code"] or f["outcome"], "message": f["reason"]}
+            )
+            for f in summary["failures"][:DEFAULT_MAX_FAILURES]
+        ]
+        first = self._redis.eval(
+            _RECORD, 4, keys["done"], keys["counts"], keys["fail"], keys["planned"], *args
+        )
+        return bool(first == 1)
+
+    def snapshot(self, job: str) -> tuple[dict[str, str], dict[str, int], list[dict[str, Any]]]:
+        """The job's meta, counters and kept failures, read in one round trip."""
+        keys = self.keys(job)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hgetall(keys["meta"])
+        pipe.hgetall(keys["counts"])
+        pipe.lrange(keys["fail"], 0, -1)
+        meta, counts, failures = pipe.execute()
+        return (
+            {k.decode(): v.decode() for k, v in meta.items()},
+            {k.decode(): int(v) for k, v in counts.items()},
+            [json.loads(line) for line in failures],
+        )
