@@ -1,4 +1,4 @@
-"""Apache Airflow provider for Sendmux: a hook and operators on the shared core.
+"""Apache Airflow provider for Sendmux: hook, operators, sensor and trigger on the core.
 
 Only ``sendmux_dispatch`` speaks HTTP; this package turns a ``sendmux``
 connection into its clients (:class:`SendmuxHook`) and Airflow tasks into its
@@ -21,9 +21,13 @@ if TYPE_CHECKING:
         SendmuxSettings,
     )
     from sendmux_airflow.operators.send_email import SendmuxSendEmailOperator
+    from sendmux_airflow.sensors.delivery import SendmuxDeliverySensor
+    from sendmux_airflow.triggers.delivery import SendmuxDeliveryTrigger
 
 __all__ = [
     "SendmuxConnectionError",
+    "SendmuxDeliverySensor",
+    "SendmuxDeliveryTrigger",
     "SendmuxHook",
     "SendmuxSendEmailOperator",
     "SendmuxSettings",
@@ -35,6 +39,8 @@ _LAZY = {
     "SendmuxHook": "sendmux_airflow.hooks.sendmux",
     "SendmuxSettings": "sendmux_airflow.hooks.sendmux",
     "SendmuxSendEmailOperator": "sendmux_airflow.operators.send_email",
+    "SendmuxDeliverySensor": "sendmux_airflow.sensors.delivery",
+    "SendmuxDeliveryTrigger": "sendmux_airflow.triggers.delivery",
 }
 
 

@@ -49,6 +49,18 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["sendmux_airflow.operators.send_email"],
             }
         ],
+        "sensors": [
+            {
+                "integration-name": _INTEGRATION,
+                "python-modules": ["sendmux_airflow.sensors.delivery"],
+            }
+        ],
+        "triggers": [
+            {
+                "integration-name": _INTEGRATION,
+                "python-modules": ["sendmux_airflow.triggers.delivery"],
+            }
+        ],
         "connection-types": [
             {
                 "connection-type": "sendmux",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
@@ -119,17 +122,37 @@ class SendmuxSendEmailOperator(BaseOperator):
         template, literal = literal_template(self._template(hook))
         if self.cc or self.bcc:
             self.log.info("cc/bcc are added to each of the %d messages", len(recipients))
-        try:
-            report = dispatch(
-                hook.get_client(),
-                template,
-                literal_recipients(recipients, literal),
-                job_key=job_key,
-                on_progress=ProgressLog(self.log),
-                max_failures=XCOM_FAILURES,
-            )
-        finally:
-            hook.close()
+        # The per-recipient results go to a private temporary file, read back for the
+        # message ids alone (the delivery sensor's input) and deleted with the directory.
+        with tempfile.TemporaryDirectory(prefix="sendmux-") as tmp:
+            results = Path(tmp) / "results.jsonl"
+            try:
+                report = dispatch(
+                    hook.get_client(),
+                    template,
+                    literal_recipients(recipients, literal),
+                    job_key=job_key,
+                    on_progress=ProgressLog(self.log),
+                    max_failures=XCOM_FAILURES,
+                    results_path=results,
+                )
+            finally:
+                hook.close()
+            message_ids = _message_ids(results)
         self.log.info("Sendmux: %s", report.summary_line())
+        # A separate key, so the return value stays DispatchReport.as_dict().
+        ti.xcom_push(key="message_ids", value=message_ids)
         check_report(report, self.max_failure_ratio)
         return report.as_dict()
+
+
+def _message_ids(results: Path) -> list[str]:
+    """The ``eml_`` ids of the messages queued, from the dispatch's results file."""
+    if not results.exists():
+        return []
+    with results.open(encoding="utf-8") as lines:
+        return [
+            row["message_id"]
+            for row in map(json.loads, filter(str.strip, lines))
+            if row.get("message_id")
+        ]
