@@ -77,6 +77,7 @@ class SendmuxDeliverySensor(BaseSensorOperator):
         self.max_requests_per_minute = max_requests_per_minute
         self.deferrable = deferrable
         self._tracker: DeliveryTracker | None = None
+        self._hook: SendmuxHook | None = None
 
     def _ids(self) -> list[str]:
         try:
@@ -100,11 +101,11 @@ class SendmuxDeliverySensor(BaseSensorOperator):
             saved = store.get(_STATE_KEY) if store is not None else None
             if isinstance(saved, dict):
                 self._tracker.restore(saved)
-        hook = SendmuxHook(self.sendmux_conn_id)
-        try:
-            summary = check_delivery(hook.get_client(), self._tracker, self._budget())
-        finally:
-            hook.close()
+        # One hook (and client) for every poke of this run: its ETag cache is what
+        # turns a poll of an unchanged log into a 304. execute() closes it.
+        if self._hook is None:
+            self._hook = SendmuxHook(self.sendmux_conn_id)
+        summary = check_delivery(self._hook.get_client(), self._tracker, self._budget())
         if store is not None and not summary["done"]:
             store.set(_STATE_KEY, self._tracker.to_state())
         self._log_counts(summary)
@@ -114,7 +115,11 @@ class SendmuxDeliverySensor(BaseSensorOperator):
 
     def execute(self, context: Context) -> Any:
         if not self.deferrable:
-            return super().execute(context)
+            try:
+                return super().execute(context)
+            finally:
+                if self._hook is not None:
+                    self._hook.close()
         ids = self._ids()
         timeout = float(self.timeout) if self.timeout is not None else None
         self.defer(
