@@ -51,6 +51,7 @@ def test_sensor_waits_for_delivery_in_poke_reschedule_and_deferrable_modes(
 
     dagrun = dag.test()
 
+    requests = []
     for mode in ("poke", "reschedule", "deferred"):
         task_id = f"wait_{mode}"
         assert _task_state(dagrun, task_id)[0] == "success", task_id
@@ -64,7 +65,10 @@ def test_sensor_waits_for_delivery_in_poke_reschedule_and_deferrable_modes(
         # a rescheduled poke goes on from the state the last one stored
         assert counts["requests"] > 3, task_id
         assert sandbox.api_key not in json.dumps(counts)
+        requests.append(counts["requests"])
     assert _reschedules(dag.dag_id, dagrun.run_id, "wait_reschedule") >= 1
+    # the counts are the Management API requests really made (no other caller here)
+    assert sandbox.stats()["requests_by_api"]["management"] == sum(requests)
     out = capfd.readouterr()
     log = out.out + out.err
     assert "2 of 3 sent, 0 failed, 1 rejected" in log
