@@ -1,4 +1,4 @@
-"""Apache Airflow provider for Sendmux: a hook, operators and a notifier on the shared core.
+"""Apache Airflow provider for Sendmux: hook, operators, sensor, trigger and notifier on the core.
 
 Only ``sendmux_dispatch`` speaks HTTP; this package turns a ``sendmux``
 connection into its clients (:class:`SendmuxHook`) and Airflow tasks into its
@@ -23,9 +23,13 @@ if TYPE_CHECKING:
     )
     from sendmux_airflow.notifications.sendmux import SendmuxNotifier
     from sendmux_airflow.operators.send_email import SendmuxSendEmailOperator
+    from sendmux_airflow.sensors.delivery import SendmuxDeliverySensor
+    from sendmux_airflow.triggers.delivery import SendmuxDeliveryTrigger
 
 __all__ = [
     "SendmuxConnectionError",
+    "SendmuxDeliverySensor",
+    "SendmuxDeliveryTrigger",
     "SendmuxHook",
     "SendmuxNotifier",
     "SendmuxSendEmailOperator",
@@ -39,6 +43,8 @@ _LAZY = {
     "SendmuxSettings": "sendmux_airflow.hooks.sendmux",
     "SendmuxSendEmailOperator": "sendmux_airflow.operators.send_email",
     "SendmuxNotifier": "sendmux_airflow.notifications.sendmux",
+    "SendmuxDeliverySensor": "sendmux_airflow.sensors.delivery",
+    "SendmuxDeliveryTrigger": "sendmux_airflow.triggers.delivery",
 }
 
 

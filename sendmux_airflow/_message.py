@@ -11,6 +11,7 @@ once per ``to`` address under a job key, then apply the failure rule.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from sendmux_airflow._common import ProgressLog, address_list, check_report
@@ -88,8 +89,13 @@ def send_each(
     job_key: str,
     log: Any,
     max_failure_ratio: float = 0.0,
+    results_path: Path | None = None,
 ) -> DispatchReport:
-    """Send ``template`` to each address; raise (``check_report``) when too few were sent."""
+    """Send ``template`` to each address; raise (``check_report``) when too few were sent.
+
+    ``results_path``: where dispatch writes one line per recipient (its
+    ``results_path``), for a caller that needs the message ids.
+    """
     template, literal = literal_template(template)
     try:
         report = dispatch(
@@ -99,6 +105,7 @@ def send_each(
             job_key=job_key,
             on_progress=ProgressLog(log),
             max_failures=XCOM_FAILURES,
+            results_path=results_path,
         )
     finally:
         hook.close()

@@ -50,6 +50,18 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "notifications": ["sendmux_airflow.notifications.sendmux.SendmuxNotifier"],
+        "sensors": [
+            {
+                "integration-name": _INTEGRATION,
+                "python-modules": ["sendmux_airflow.sensors.delivery"],
+            }
+        ],
+        "triggers": [
+            {
+                "integration-name": _INTEGRATION,
+                "python-modules": ["sendmux_airflow.triggers.delivery"],
+            }
+        ],
         "connection-types": [
             {
                 "connection-type": "sendmux",

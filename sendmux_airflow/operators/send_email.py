@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
@@ -95,12 +98,32 @@ class SendmuxSendEmailOperator(BaseOperator):
         )
         if self.cc or self.bcc:
             self.log.info("cc/bcc are added to each of the %d messages", len(recipients))
-        report = send_each(
-            hook,
-            template,
-            recipients,
-            job_key=job_key,
-            log=self.log,
-            max_failure_ratio=self.max_failure_ratio,
-        )
+        # The per-recipient results go to a private temporary file, read back for the
+        # message ids alone (the delivery sensor's input) and deleted with the directory.
+        with tempfile.TemporaryDirectory(prefix="sendmux-") as tmp:
+            results = Path(tmp) / "results.jsonl"
+            report = send_each(
+                hook,
+                template,
+                recipients,
+                job_key=job_key,
+                log=self.log,
+                max_failure_ratio=self.max_failure_ratio,
+                results_path=results,
+            )
+            message_ids = _message_ids(results)
+        # A separate key, so the return value stays DispatchReport.as_dict().
+        ti.xcom_push(key="message_ids", value=message_ids)
         return report.as_dict()
+
+
+def _message_ids(results: Path) -> list[str]:
+    """The ``eml_`` ids of the messages queued, from the dispatch's results file."""
+    if not results.exists():
+        return []
+    with results.open(encoding="utf-8") as lines:
+        return [
+            row["message_id"]
+            for row in map(json.loads, filter(str.strip, lines))
+            if row.get("message_id")
+        ]

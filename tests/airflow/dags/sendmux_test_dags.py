@@ -13,7 +13,7 @@ from typing import Any
 
 from airflow.sdk import DAG, task
 
-from sendmux_airflow import SendmuxNotifier, SendmuxSendEmailOperator
+from sendmux_airflow import SendmuxDeliverySensor, SendmuxNotifier, SendmuxSendEmailOperator
 from sendmux_sandbox.admin_client import SandboxAdmin
 
 HERE = Path(__file__).parent
@@ -80,3 +80,52 @@ with DAG(
         raise RuntimeError("the warehouse is down")
 
     load()
+
+with DAG("sendmux_delivery_test", schedule=None, start_date=START) as delivery_dag:
+    # One send per mode, each sensor right after its send (a chain), so every
+    # sensor starts while its messages are still pending. A rejected message
+    # only warns, or is counted.
+    modes: dict[str, dict[str, Any]] = {
+        "poke": {"mode": "poke", "policy": "warn"},
+        "reschedule": {"mode": "reschedule", "policy": "warn"},
+        "deferred": {"deferrable": True, "policy": "ignore"},
+    }
+    previous: Any = None
+    for name, extra in modes.items():
+        sent = SendmuxSendEmailOperator(
+            task_id=f"send_{name}",
+            to=[f"ann.{name}@example.com", f"bob.{name}@example.com", f"dan+reject@{name}.com"],
+            subject="Delivery",
+            text_body="Hello",
+            max_failure_ratio=1.0,
+        )
+        wait = SendmuxDeliverySensor(
+            task_id=f"wait_{name}",
+            message_ids=sent.output["message_ids"],
+            poke_interval=0.5,
+            timeout=60,
+            **extra,
+        )
+        if previous is not None:
+            previous >> sent
+        sent >> wait
+        previous = wait
+
+with DAG("sendmux_delivery_fail_test", schedule=None, start_date=START) as delivery_fail_dag:
+    SendmuxDeliverySensor(
+        task_id="wait",
+        # rendered from the XCom as a string, the form a Jinja template gives
+        message_ids="{{ ti.xcom_pull(task_ids='send', key='message_ids') }}",
+        policy="fail",
+        deferrable=True,
+        poke_interval=1,
+        timeout=60,
+        retries=2,
+    ).set_upstream(
+        SendmuxSendEmailOperator(
+            task_id="send",
+            to=["ann@example.com", "eve+fail@example.com"],
+            subject="Delivery",
+            text_body="Hello",
+        )
+    )
