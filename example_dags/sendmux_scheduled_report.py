@@ -1,4 +1,4 @@
-"""A daily report by email: build a small CSV, mail it to a list as an attachment.
+"""A daily report by email: build a small CSV, mail it as an attachment, wait for delivery.
 
 The connection ``sendmux_default`` gives the API key, the sending URL and the
 default sender (its ``from_email`` extra); ``make demo`` points it at the
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from airflow.sdk import DAG, task
 
-from sendmux_airflow import SendmuxNotifier, SendmuxSendEmailOperator
+from sendmux_airflow import SendmuxDeliverySensor, SendmuxNotifier, SendmuxSendEmailOperator
 
 REPORT_DIR = Path(os.environ.get("SENDMUX_REPORT_DIR", tempfile.gettempdir()))
 
@@ -60,4 +60,13 @@ with DAG(
         text_body="Good morning. The report for {{ ds }} is attached.",
         files="{{ ti.xcom_pull(task_ids='build_report') }}",
     )
-    report >> send
+    # Wait for the delivery logs to settle; in the triggerer, not a worker slot.
+    delivered = SendmuxDeliverySensor(
+        task_id="wait_for_delivery",
+        message_ids=send.output["message_ids"],
+        deferrable=True,
+        poke_interval=5,
+        timeout=3600,
+        policy="fail",
+    )
+    report >> send >> delivered

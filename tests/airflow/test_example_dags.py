@@ -22,6 +22,15 @@ def _json_output(stdout: str) -> Any:
     return json.loads(line)
 
 
+def _delivery_statuses(sandbox: Any) -> list[dict[str, Any]]:
+    from sendmux_dispatch import SendmuxClient
+
+    with SendmuxClient(
+        sandbox.api_key, sending_url=sandbox.sending_url, management_url=sandbox.management_url
+    ) as client:
+        return [log.model_dump() for log in client.iter_logs(limit=100)]
+
+
 def test_example_dags_import_without_errors(airflow_db: Path) -> None:
     env = airflow_env(AIRFLOW__CORE__DAGS_FOLDER=str(EXAMPLES))
     done = run_airflow("dags", "list", "--local", "--output", "json", env=env)
@@ -57,6 +66,8 @@ def test_scheduled_report_mails_the_csv_to_each_recipient(
     assert {m["subject"] for m in messages} == {"Daily report for 2026-12-01"}
     assert {m["from"] for m in messages} == {"reports@example.com"}
     assert sandbox.stats()["duplicate_deliveries"] == 0
+    # Exit 0 means every task succeeded, the deferrable sensor (policy "fail") too.
+    assert {log["status"] for log in _delivery_statuses(sandbox)} == {"sent"}
     assert sandbox.api_key not in done.stdout + done.stderr
 
 
@@ -74,7 +85,7 @@ def test_scheduled_report_alerts_oncall_when_the_send_fails(
         "dags", "test", "sendmux_scheduled_report", "2026-12-02", "--conf", conf, env=env
     )
     output = done.stdout + done.stderr
-    assert "send_report" in output
+    assert done.returncode != 0, "a failed run must exit non-zero (make demo relies on it)"
     messages = sandbox.messages()
     assert [m["to"] for m in messages] == ["oncall@example.com"], output[-4000:]
     assert messages[0]["subject"] == "sendmux_scheduled_report.send_report failed for 2026-12-02"
