@@ -144,6 +144,9 @@ _junk = st.sampled_from(
         ", x@example.org",
     ]
 )
+# Junk that ends in a word character would join the address in front of it
+# (" trailing" + "0@0.com" is the valid "trailing0@0.com"), so it only trails.
+_leading_junk = _junk.filter(lambda junk: not junk[-1:].isalnum())
 
 
 @st.composite
@@ -163,7 +166,7 @@ def adversarial(draw: st.DrawFn) -> tuple[str, str | None, str]:
         text = f"{draw(_addr_specs)} <{addr}>"
     else:
         text = f"{name} <{addr}>, {draw(_addr_specs)}"
-    return draw(_junk) + text + draw(_junk), name, addr
+    return draw(_leading_junk) + text + draw(_junk), name, addr
 
 
 @settings(max_examples=400)
