@@ -22,6 +22,16 @@ def _json_output(stdout: str) -> Any:
     return json.loads(line)
 
 
+def _example_env(sandbox: Any, reports: Path) -> dict[str, str]:
+    """The examples as the dags folder, ``sendmux_default`` on the sandbox (as `make demo`)."""
+    connection = connection_json(sandbox, from_email="reports@example.com")
+    return airflow_env(
+        AIRFLOW__CORE__DAGS_FOLDER=str(EXAMPLES),
+        AIRFLOW_CONN_SENDMUX_DEFAULT=connection,
+        SENDMUX_REPORT_DIR=str(reports),
+    )
+
+
 def _delivery_statuses(sandbox: Any) -> list[dict[str, Any]]:
     from sendmux_dispatch import SendmuxClient
 
@@ -46,12 +56,7 @@ def test_example_dags_import_without_errors(airflow_db: Path) -> None:
 def test_scheduled_report_mails_the_csv_to_each_recipient(
     airflow_db: Path, sandbox: Any, tmp_path: Path
 ) -> None:
-    connection = json.loads(connection_json(sandbox, from_email="reports@example.com"))
-    env = airflow_env(
-        AIRFLOW__CORE__DAGS_FOLDER=str(EXAMPLES),
-        AIRFLOW_CONN_SENDMUX_DEFAULT=json.dumps(connection),
-        SENDMUX_REPORT_DIR=str(tmp_path),
-    )
+    env = _example_env(sandbox, tmp_path)
     done = run_airflow("dags", "test", "sendmux_scheduled_report", "2026-12-01", env=env)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
 
@@ -74,12 +79,7 @@ def test_scheduled_report_mails_the_csv_to_each_recipient(
 def test_scheduled_report_alerts_oncall_when_the_send_fails(
     airflow_db: Path, sandbox: Any, tmp_path: Path
 ) -> None:
-    connection = json.loads(connection_json(sandbox, from_email="reports@example.com"))
-    env = airflow_env(
-        AIRFLOW__CORE__DAGS_FOLDER=str(EXAMPLES),
-        AIRFLOW_CONN_SENDMUX_DEFAULT=json.dumps(connection),
-        SENDMUX_REPORT_DIR=str(tmp_path),
-    )
+    env = _example_env(sandbox, tmp_path)
     conf = json.dumps({"recipients": ["not-an-address"]})
     done = run_airflow(
         "dags", "test", "sendmux_scheduled_report", "2026-12-02", "--conf", conf, env=env
