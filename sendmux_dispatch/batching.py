@@ -60,6 +60,7 @@ __all__ = [
     "BatchPlan",
     "Duplicate",
     "LedgerStage",
+    "Lookup",
     "PlanItem",
     "PlanStats",
     "PlannedBatch",
@@ -230,7 +231,24 @@ class PlannedBatch:
         )
 
 
-PlanItem = PlannedBatch | RecipientFailure | Duplicate | Skipped
+@dataclass(slots=True)
+class Lookup:
+    """A question for the send ledger that the plan hands to its caller.
+
+    Yielded instead of calling the ledger when the :class:`LedgerStage` has no
+    ``accepted_among``: the caller asks the ledger the way its driver runs
+    blocking work (dispatch's asyncio driver in a thread, so an unreachable
+    ledger's bounded retry never blocks the event loop), sets ``accepted`` to
+    the answer and takes the next item. Left unanswered (``None``, the ledger
+    could not be reached), the plan ends there and the rows read but not
+    batched are the caller's to count, as when the callable raises.
+    """
+
+    digests: list[int]
+    accepted: set[int] | None = None
+
+
+PlanItem = PlannedBatch | RecipientFailure | Duplicate | Skipped | Lookup
 
 
 @dataclass(slots=True)
@@ -263,12 +281,14 @@ class LedgerStage:
     accepted for the job (one query per :data:`LEDGER_CHUNK` recipients; a
     :class:`~sendmux_dispatch.errors.LedgerUnavailableError` ends the plan
     there, and what was not yet batched is left for the caller to count).
+    ``None``: the plan yields each question as a :class:`Lookup` for its
+    caller to answer.
     ``intents`` are the job's pending intents: their members are held aside
     while the list is read and come out as replay batches under the recorded
     keys, never in a new batch.
     """
 
-    accepted_among: Callable[[Sequence[int]], set[int]]
+    accepted_among: Callable[[Sequence[int]], set[int]] | None
     intents: Sequence[Intent] = ()
     #: The ledger held nothing for the job when the run began: no lookups (only
     #: a run racing this one could have recorded anything, and ``begin``
@@ -544,11 +564,20 @@ class BatchPlan(Iterator[PlanItem]):
             else:
                 ended = True
             asked = [] if ledger.fresh else [d for _, d in chunk if d not in slot and d not in seen]
-            try:
-                accepted = ledger.accepted_among(asked) if asked else set()
-            except LedgerUnavailableError:
-                # The caller stops the job; rows read but not batched are its not_sent.
-                return
+            accepted: set[int] = set()
+            if asked and ledger.accepted_among is None:
+                lookup = Lookup(asked)
+                yield lookup
+                if lookup.accepted is None:
+                    return  # the caller stops the job, as below
+                accepted = lookup.accepted
+            elif asked:
+                assert ledger.accepted_among is not None
+                try:
+                    accepted = ledger.accepted_among(asked)
+                except LedgerUnavailableError:
+                    # The caller stops the job; rows read but not batched are its not_sent.
+                    return
             for item, digest in chunk:
                 if digest in seen:
                     stats.duplicates_dropped += 1

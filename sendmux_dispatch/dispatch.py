@@ -43,7 +43,14 @@ from typing import Any, Generic, Literal, TypedDict, TypeVar, cast
 from pydantic import BaseModel
 from typing_extensions import Unpack
 
-from sendmux_dispatch.batching import Duplicate, LedgerStage, PlannedBatch, Skipped, plan_batches
+from sendmux_dispatch.batching import (
+    Duplicate,
+    LedgerStage,
+    Lookup,
+    PlannedBatch,
+    Skipped,
+    plan_batches,
+)
 from sendmux_dispatch.client import AsyncSendmuxClient, ClientStats, SendmuxClient
 from sendmux_dispatch.errors import (
     APIError,
@@ -333,21 +340,13 @@ class _Held:
     fresh: bool = False
 
 
-def _ledger_stage(
-    ledger: Ledger | None, job_key: str, source: _Source, held: _Held
-) -> LedgerStage | None:
-    """Planning's view of the ledger; an outage there stops the job like a bad line."""
+def _ledger_stage(ledger: Ledger | None, held: _Held) -> LedgerStage | None:
+    """Planning's view of the ledger: its lookups come back to the job loop as
+    :class:`Lookup` items, carried out like any other blocking call (the
+    asyncio driver's in a thread, never on the event loop)."""
     if ledger is None:
         return None
-
-    def accepted_among(digests: Sequence[int]) -> set[int]:
-        try:
-            return ledger.accepted_among(job_key, digests)
-        except LedgerUnavailableError as exc:
-            source.stop = source.stop or _ledger_stop(exc)
-            raise
-
-    return LedgerStage(accepted_among, held.intents, fresh=held.fresh)
+    return LedgerStage(None, held.intents, fresh=held.fresh)
 
 
 class _Tally:
@@ -751,7 +750,7 @@ class _Await:
 
 
 _JobStep = _Fetch | _Submit | _Await | _Call
-_JobReply = Me | Balance | SendmuxError | list[BaseException | None] | _Held | None
+_JobReply = Me | Balance | SendmuxError | list[BaseException | None] | _Held | set[int] | None
 _JobSteps = Generator[_JobStep, _JobReply, DispatchReport]
 
 
@@ -812,11 +811,24 @@ class _Job:
             job_key=self.job_key,
             dedupe=options.dedupe,
             per_message_keys=options.per_message_keys,
-            ledger=_ledger_stage(options.ledger, self.job_key, self.source, pending),
+            ledger=_ledger_stage(options.ledger, pending),
         )
         held: PlannedBatch | None = None
         try:
             for item in plan:
+                if isinstance(item, Lookup):
+                    assert options.ledger is not None
+                    found = yield _Call(
+                        partial(options.ledger.accepted_among, self.job_key, item.digests)
+                    )
+                    if isinstance(found, SendmuxError):
+                        # Unanswered, the plan ends: an outage here stops the job like a
+                        # bad line, and the rows read but not batched count as not_sent.
+                        self.source.stop = self.source.stop or _ledger_stop(found)
+                    else:
+                        assert isinstance(found, set)
+                        item.accepted = found
+                    continue
                 if not isinstance(item, PlannedBatch):
                     tally.plan_item(item)
                     continue
@@ -868,7 +880,7 @@ class _Job:
 
 
 def _call(step: _Call) -> _JobReply:
-    """Carry out a job-level ``_Call`` (the ledger read before planning)."""
+    """Carry out a job-level ``_Call`` (the ledger's reads: before planning, and its lookups)."""
     try:
         return cast("_JobReply", step.function())
     except SendmuxError as exc:

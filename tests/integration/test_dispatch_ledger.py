@@ -398,3 +398,47 @@ def test_two_runs_of_one_job_at_once_sharing_a_ledger_mail_each_person_once(
 
 if __name__ == "__main__" and sys.argv[1:2] == ["killed-in-window"]:
     _child_killed_in_the_crash_window(*sys.argv[2:6])
+
+
+class ThreadNotingLedger(FlakyLedger):
+    """A real ledger that notes which thread each call runs on."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner, method="none", at=0, error=Crash())
+        self.threads: Counter[tuple[str, int]] = Counter()
+
+    def _maybe_fail(self, method: str, key: str | None = None) -> None:
+        with self.lock:
+            self.threads[method, threading.get_ident()] += 1
+
+
+def test_adispatch_never_calls_the_ledger_on_the_event_loop_thread(
+    sandbox: Any, tmp_path: Path
+) -> None:
+    # A ledger call may wait out an outage for its bounded retry (30 s): on the event
+    # loop that would freeze a triggerer or a web app. The lookups planning makes (a
+    # resumed job asks about every chunk) must go to a thread like begin and finish.
+    path = tmp_path / "ledger.db"
+    with SqliteLedger(path) as seed:
+        seed.begin(JOB, Intent("earlier", (digest("someone@else.org"),)))
+        seed.finish(JOB, "earlier", [digest("someone@else.org")])
+    noting = ThreadNotingLedger(SqliteLedger(path))
+    loop_thread: list[int] = []
+
+    async def main() -> DispatchReport:
+        loop_thread.append(threading.get_ident())
+        urls = {"sending_url": sandbox.sending_url, "management_url": sandbox.management_url}
+        async with AsyncSendmuxClient(sandbox.api_key, **urls) as client:
+            return await adispatch(
+                client, template(), [person(i) for i in range(450)], job_key=JOB, ledger=noting
+            )
+
+    report = asyncio.run(main())
+    noting.inner.close()
+    assert report.ok, report.summary_line()
+    assert report.queued == 450
+    methods = {method for method, _ in noting.threads}
+    assert {"pending", "accepted_among", "begin", "finish"} <= methods
+    on_loop = {method for method, thread in noting.threads if thread == loop_thread[0]}
+    assert not on_loop, f"ledger calls on the event loop thread: {sorted(on_loop)}"
+    assert deliveries(sandbox) == Counter({person(i)["email"]: 1 for i in range(450)})

@@ -12,6 +12,7 @@ from sendmux_dispatch import LedgerUnavailableError, RecipientFailure
 from sendmux_dispatch.batching import (
     Duplicate,
     LedgerStage,
+    Lookup,
     PlannedBatch,
     Skipped,
     batch_idempotency_key,
@@ -145,3 +146,31 @@ def test_batches_carry_the_digests_the_planner_hashed_in_member_order() -> None:
     assert [len(batch) for batch in batches] == [100, 100, 50]
     for batch in batches:
         assert batch.digests == tuple(recipient_digest(r.identity) for r in batch.recipients)
+
+
+def test_without_a_callable_the_plan_hands_each_lookup_to_its_caller() -> None:
+    # How dispatch's drivers ask the ledger where they run blocking work.
+    answered: list[int] = []
+    batched: list[str] = []
+    skipped: list[str] = []
+    for item in plan_batches(
+        TEMPLATE, [row(i) for i in range(150)], job_key="job", ledger=LedgerStage(None)
+    ):
+        if isinstance(item, Lookup):
+            answered.append(len(item.digests))
+            item.accepted = {d(3)} & set(item.digests)
+        elif isinstance(item, PlannedBatch):
+            batched += [r.email for r in item.recipients]
+        elif isinstance(item, Skipped):
+            skipped.append(item.email)
+    assert answered == [100, 50]
+    assert skipped == ["u3@example.com"]
+    assert len(batched) == 149
+
+    # Unanswered (the ledger could not be reached): the plan ends at that chunk.
+    items = list(
+        plan_batches(
+            TEMPLATE, [row(i) for i in range(150)], job_key="job", ledger=LedgerStage(None)
+        )
+    )
+    assert [type(item) for item in items] == [Lookup]
