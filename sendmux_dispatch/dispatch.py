@@ -210,6 +210,10 @@ class _PacerUnavailable(SendmuxError):
     # long again per attempt. Dispatch stops the job on it instead.
     default_retryable = False
 
+    #: An earlier attempt of the same request had gone out (the pacer failed
+    #: before the client's retry): the server may have accepted it.
+    after_attempt = False
+
 
 def _pacer_store_failed(error: Exception) -> bool:
     # A pacer only waits; what can fail in it is its store: redis-py's errors,
@@ -223,24 +227,35 @@ class _GuardedPacer:
 
     Without it a Redis blip under a ``RedisPacer`` escaped as a redis-py
     exception and ended the job with no report. A failure of ``acquire``
-    happens before the request, so the batch was not sent: it is counted
-    ``not_sent`` and the job stops with ``stop_cause == "outage"``.
+    happens before a request: before the first one, the batch was not sent
+    (``not_sent``); before a client's retry, an earlier attempt went out and
+    may have been accepted (``failed``, the outcome unknown: the re-run replays
+    the key and the server settles it). Either way the job stops with
+    ``stop_cause == "outage"``. One guard per send: it counts that send's attempts.
     """
 
     def __init__(self, inner: Pacer) -> None:
         self.inner = inner
+        self.attempts = 0
 
     def _give_up(self, error: Exception, started: float, logged: bool) -> tuple[float, bool]:
         waited = time.monotonic() - started
         if isinstance(error, SendmuxError) or not _pacer_store_failed(error):
             raise error
         if waited >= PACER_UNAVAILABLE_AFTER:
-            raise _PacerUnavailable(
+            what = (
+                "an earlier attempt of this batch went out and may have been accepted"
+                if self.attempts
+                else "this batch was not sent"
+            )
+            unavailable = _PacerUnavailable(
                 f"the pacer's store failed for {waited:.1f} s "
                 f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
-                "this batch was not sent. Bring the store back and re-run the same job key",
+                f"{what}. Bring the store back and re-run the same job key",
                 code="pacer_unavailable",
-            ) from error
+            )
+            unavailable.after_attempt = self.attempts > 0
+            raise unavailable from error
         if not logged and waited >= 1.0:
             logger.warning(
                 "pacer: its store failed (%s); retrying for up to %.0f s",
@@ -255,6 +270,7 @@ class _GuardedPacer:
         while True:
             try:
                 self.inner.acquire()
+                self.attempts += 1
                 return
             except Exception as exc:
                 waited, logged = self._give_up(exc, started, logged)
@@ -267,6 +283,7 @@ class _GuardedPacer:
         while True:
             try:
                 await self.inner.aacquire()
+                self.attempts += 1
                 return
             except Exception as exc:
                 waited, logged = self._give_up(exc, started, logged)
@@ -569,9 +586,12 @@ def _batch_steps(
     while True:
         outcome = yield _Send(current)
         if isinstance(outcome, _PacerUnavailable):
-            # Never left: the pacer failed before the request (a begun intent
-            # stays pending and is simply sent on the re-run).
-            tally.whole_batch(current, Outcome.NOT_SENT, outcome)
+            # Before the first attempt the batch never left; before a retry it
+            # may have been accepted, so it is no "not sent". A begun intent stays
+            # pending either way and the re-run replays it under its key.
+            tally.whole_batch(
+                current, Outcome.FAILED if outcome.after_attempt else Outcome.NOT_SENT, outcome
+            )
             raise _StopJob(outcome, "outage", f"{type(outcome).__name__}: {outcome.message}")
         if isinstance(outcome, IdempotencyConflictError) and not outcome.retryable:
             # The key already carried an accepted request for this work.

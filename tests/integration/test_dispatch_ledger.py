@@ -10,6 +10,7 @@ this process) and a child process that SIGKILLs itself inside ``finish``.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import signal
 import sqlite3
@@ -442,3 +443,55 @@ def test_adispatch_never_calls_the_ledger_on_the_event_loop_thread(
     on_loop = {method for method, thread in noting.threads if thread == loop_thread[0]}
     assert not on_loop, f"ledger calls on the event loop thread: {sorted(on_loop)}"
     assert deliveries(sandbox) == Counter({person(i)["email"]: 1 for i in range(450)})
+
+
+class PacerThatFailsAfterOne:
+    """A real in-process pacer whose store "goes away" after the first request."""
+
+    def __init__(self) -> None:
+        from sendmux_dispatch import InProcessPacer
+
+        self.inner = InProcessPacer(limit=1000, window=60.0)
+        self.acquired = 0
+
+    def _once(self) -> None:
+        self.acquired += 1
+        if self.acquired > 1:
+            raise ConnectionRefusedError("the pacer's store is gone")
+
+    def acquire(self) -> None:
+        self._once()
+        self.inner.acquire()
+
+    async def aacquire(self) -> None:
+        self._once()
+        await self.inner.aacquire()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@DRIVERS
+def test_a_pacer_failing_before_a_retry_counts_the_batch_failed_not_unsent(
+    driver: str, sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server accepts the batch and the connection drops; before the client's
+    # retry the pacer's store fails. The batch may well have been accepted (here
+    # it was): reporting it "not sent" would tell the user nobody got it.
+    # The package re-exports the function under the module's name: import the module.
+    dispatch_module = importlib.import_module("sendmux_dispatch.dispatch")
+    monkeypatch.setattr(dispatch_module, "PACER_UNAVAILABLE_AFTER", 0.2)
+    rows = [person(i) for i in range(40)]
+    sandbox.set_faults(drop_after_accept=1.0)
+    with SqliteLedger(tmp_path / "ledger.db") as ledger:
+        report = run_job(driver, sandbox, rows, ledger, pacer=PacerThatFailsAfterOne())
+        sandbox.set_faults()
+        check_totals(report)
+        assert report.stop_cause == "outage"
+        assert (report.failed, report.not_sent, report.queued) == (40, 0, 0)
+        assert "may have been accepted" in report.failures[0].message
+        assert sum(deliveries(sandbox).values()) == 40
+        # Its intent stayed pending: the re-run replays the key, nobody is mailed twice.
+        again = run_job(driver, sandbox, rows, ledger)
+    assert again.ok, again.summary_line()
+    assert deliveries(sandbox) == Counter({row["email"]: 1 for row in rows})
