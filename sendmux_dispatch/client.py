@@ -70,6 +70,7 @@ __all__ = [
     "DEFAULT_SENDING_URL",
     "AsyncSendmuxClient",
     "ClientStats",
+    "LogsPage",
     "SendmuxClient",
 ]
 
@@ -134,6 +135,18 @@ class ClientStats:
     def _set_rate_limit(self, state: RateLimitState) -> None:
         with self._lock:
             self.last_rate_limit = state
+
+
+@dataclass(frozen=True, slots=True)
+class LogsPage:
+    """One page of ``GET /emails/logs``: the logs, newest first, and the cursor of the next.
+
+    ``next_cursor`` is None on the last page. A caller that pages by hand
+    (a sensor with a request budget per check) keeps it to go on later.
+    """
+
+    logs: list[DeliveryLog]
+    next_cursor: str | None
 
 
 @dataclass(frozen=True)
@@ -645,6 +658,30 @@ class _BaseClient:
             call, _Reply(reply.status, item, reply.request_id, None, None), DeliveryLog
         )
 
+    def _page_call(
+        self,
+        *,
+        status: str | None,
+        from_date: _DateLike | None,
+        to_date: _DateLike | None,
+        search: str | None,
+        provider_id: str | None,
+        limit: int | None,
+        cursor: str | None,
+    ) -> _Call:
+        params = self._logs_params(status, from_date, to_date, search, provider_id, limit)
+        if cursor is not None:
+            if not isinstance(cursor, str) or not cursor:
+                raise ValueError("cursor must be a page's next_cursor (a non-empty string)")
+            params["cursor"] = cursor
+        return _Call("GET", "management", "/emails/logs", params=params)
+
+    def _page(self, call: _Call, reply: _Reply) -> LogsPage:
+        if not isinstance(reply.data, list):
+            raise _invalid_response(call, reply.status, "a non-list data", reply.request_id)
+        logs = [self._page_item(call, reply, item) for item in reply.data]
+        return LogsPage(logs, self._next_cursor(reply))
+
     @staticmethod
     def _next_cursor(reply: _Reply) -> str | None:
         pagination = reply.pagination or {}
@@ -815,17 +852,37 @@ class SendmuxClient(_BaseClient):
         params = self._logs_params(status, from_date, to_date, search, provider_id, limit)
         return self._iter_logs(params)
 
+    def logs_page(
+        self,
+        *,
+        status: str | None = None,
+        from_date: _DateLike | None = None,
+        to_date: _DateLike | None = None,
+        search: str | None = None,
+        provider_id: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> LogsPage:
+        """One page of delivery logs (one request), from ``cursor`` (None: the newest)."""
+        call = self._page_call(
+            status=status,
+            from_date=from_date,
+            to_date=to_date,
+            search=search,
+            provider_id=provider_id,
+            limit=limit,
+            cursor=cursor,
+        )
+        return self._page(call, self._request(call))
+
     def _iter_logs(self, params: dict[str, str]) -> Iterator[DeliveryLog]:
         cursor: str | None = None
         while True:
             page = dict(params, cursor=cursor) if cursor else params
             call = _Call("GET", "management", "/emails/logs", params=page)
-            reply = self._request(call)
-            if not isinstance(reply.data, list):
-                raise _invalid_response(call, reply.status, "a non-list data", reply.request_id)
-            for item in reply.data:
-                yield self._page_item(call, reply, item)
-            cursor = self._next_cursor(reply)
+            found = self._page(call, self._request(call))
+            yield from found.logs
+            cursor = found.next_cursor
             if cursor is None:
                 return
 
@@ -1024,17 +1081,38 @@ class AsyncSendmuxClient(_BaseClient):
         params = self._logs_params(status, from_date, to_date, search, provider_id, limit)
         return self._iter_logs(params)
 
+    async def logs_page(
+        self,
+        *,
+        status: str | None = None,
+        from_date: _DateLike | None = None,
+        to_date: _DateLike | None = None,
+        search: str | None = None,
+        provider_id: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> LogsPage:
+        """One page of delivery logs (one request), from ``cursor`` (None: the newest)."""
+        call = self._page_call(
+            status=status,
+            from_date=from_date,
+            to_date=to_date,
+            search=search,
+            provider_id=provider_id,
+            limit=limit,
+            cursor=cursor,
+        )
+        return self._page(call, await self._request(call))
+
     async def _iter_logs(self, params: dict[str, str]) -> AsyncIterator[DeliveryLog]:
         cursor: str | None = None
         while True:
             page = dict(params, cursor=cursor) if cursor else params
             call = _Call("GET", "management", "/emails/logs", params=page)
-            reply = await self._request(call)
-            if not isinstance(reply.data, list):
-                raise _invalid_response(call, reply.status, "a non-list data", reply.request_id)
-            for item in reply.data:
-                yield self._page_item(call, reply, item)
-            cursor = self._next_cursor(reply)
+            found = self._page(call, await self._request(call))
+            for log in found.logs:
+                yield log
+            cursor = found.next_cursor
             if cursor is None:
                 return
 

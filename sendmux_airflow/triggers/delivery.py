@@ -16,6 +16,12 @@ from sendmux_airflow._delivery import (
     acheck_delivery,
     requests_per_check,
 )
+from sendmux_airflow._delivery_window import (
+    DEFAULT_SLACK,
+    SendWindow,
+    WindowTracker,
+    acheck_window,
+)
 from sendmux_airflow.hooks.sendmux import SendmuxHook
 from sendmux_dispatch.errors import SendmuxError
 
@@ -24,6 +30,9 @@ __all__ = ["SendmuxDeliveryTrigger"]
 
 class SendmuxDeliveryTrigger(BaseTrigger):
     """Poll the delivery logs of ``message_ids`` with the async client until they settle.
+
+    With ``send_window`` (a bulk send's window as JSON, ``SendWindow.to_json``)
+    the logs of the window are counted by status instead (``message_ids`` empty).
 
     Keyword arguments are primitives only (what the triggerer stores). The
     deadline is absolute (Unix time), so a trigger restarted on another
@@ -35,7 +44,9 @@ class SendmuxDeliveryTrigger(BaseTrigger):
     def __init__(
         self,
         *,
-        message_ids: Sequence[str],
+        message_ids: Sequence[str] = (),
+        send_window: dict[str, Any] | None = None,
+        window_slack: float = DEFAULT_SLACK,
         sendmux_conn_id: str = SendmuxHook.default_conn_name,
         poll_interval: float = 60.0,
         policy: Policy = "fail",
@@ -44,6 +55,8 @@ class SendmuxDeliveryTrigger(BaseTrigger):
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # Airflow's BaseTrigger
         self.message_ids = list(message_ids)
+        self.send_window = None if send_window is None else dict(send_window)
+        self.window_slack = float(window_slack)
         self.sendmux_conn_id = sendmux_conn_id
         self.poll_interval = float(poll_interval)
         self.policy: Policy = policy
@@ -55,6 +68,8 @@ class SendmuxDeliveryTrigger(BaseTrigger):
             f"{type(self).__module__}.{type(self).__qualname__}",
             {
                 "message_ids": list(self.message_ids),
+                "send_window": self.send_window,
+                "window_slack": self.window_slack,
                 "sendmux_conn_id": self.sendmux_conn_id,
                 "poll_interval": self.poll_interval,
                 "policy": self.policy,
@@ -64,16 +79,23 @@ class SendmuxDeliveryTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        tracker = DeliveryTracker(self.message_ids, self.policy)
         budget = requests_per_check(self.max_requests_per_minute, self.poll_interval)
         hook = SendmuxHook(self.sendmux_conn_id)
+        tracker: DeliveryTracker | WindowTracker = DeliveryTracker(self.message_ids, self.policy)
         summary = tracker.summary()
         try:
+            if self.send_window is not None:
+                window = SendWindow.parse(self.send_window)
+                tracker = WindowTracker(window, self.policy, self.window_slack)
+                summary = tracker.summary()
             # The connection lookup may hit a secrets backend: keep it off the loop.
             client = await asyncio.to_thread(hook.get_async_client)
             async with client:
                 while True:
-                    summary = await acheck_delivery(client, tracker, budget)
+                    if isinstance(tracker, WindowTracker):
+                        summary = await acheck_window(client, tracker, budget)
+                    else:
+                        summary = await acheck_delivery(client, tracker, budget)
                     if summary["done"]:
                         yield _event("done", summary, "")
                         return

@@ -134,3 +134,87 @@ def test_trigger_round_trips_and_reports_delivery_from_the_sandbox(
     assert (counts["sent"], counts["failed"], counts["rejected"], counts["pending"]) == (1, 1, 1, 0)
     assert json.loads(json.dumps(payload)) == payload
     assert sandbox.api_key not in json.dumps(payload)
+
+
+# --- the bulk path: a send's window counted by status ---------------------------
+
+WINDOW_DAGS = "sendmux_window_dags.py"
+
+
+def _window_dag(sandbox: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    import importlib.util
+
+    from airflow_home import DAGS_FOLDER
+
+    monkeypatch.setenv("SENDMUX_TEST_SANDBOX_URL", sandbox.base_url)
+    spec = importlib.util.spec_from_file_location("sendmux_window_dags", DAGS_FOLDER / WINDOW_DAGS)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sensor_counts_a_bulk_sends_window_in_reschedule_and_deferrable_modes(
+    airflow_db: Any,
+    sandbox: Any,
+    sendmux_connection: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    module = _window_dag(sandbox, monkeypatch)
+    dag = module.window_dag
+    failing = sum(1 for i in range(module.MESSAGES) if "+fail" in module._address(i))
+    bouncing = sum(1 for i in range(module.MESSAGES) if "+reject" in module._address(i))
+
+    dagrun = dag.test()
+
+    window = _xcom(dag.dag_id, dagrun.run_id, "send")
+    assert window["messages"] == module.MESSAGES
+    for mode in ("reschedule", "deferred"):
+        task_id = f"wait_{mode}"
+        assert _task_state(dagrun, task_id)[0] == "success", task_id
+        counts = _xcom(dag.dag_id, dagrun.run_id, task_id)
+        assert counts["mode"] == "window"
+        assert counts["done"] is True
+        # The other sender's 30 messages in the widened window are not counted.
+        assert counts["other_logs"] == 0
+        expected = (module.MESSAGES - failing - bouncing, failing, bouncing, 0)
+        got = (counts["sent"], counts["failed"], counts["rejected"], counts["pending"])
+        assert got == expected, task_id
+        assert {f["status"] for f in counts["failures"]} == {"failed", "rejected"}
+        # Pages of 100, not a request per message: a census of 3 pages, then
+        # rounds over pending/failed/rejected while the messages settle.
+        assert 3 <= counts["requests"] < 40, counts["requests"]
+    assert _reschedules(dag.dag_id, dagrun.run_id, "wait_reschedule") >= 1
+    out = capfd.readouterr()
+    log = out.out + out.err
+    assert sandbox.api_key not in log
+    assert "reader1@example.com" not in log
+
+
+def test_a_bad_send_window_fails_with_the_field_named() -> None:
+    from sendmux_airflow._delivery_window import SendWindow
+
+    with pytest.raises(ValueError, match="send_window lacks messages"):
+        SendWindow.parse({"from_date": "2026-12-03T09:00:00Z", "to_date": "2026-12-03T09:01:00Z"})
+    with pytest.raises(ValueError, match=r"send_window\.from_date: 'yesterday'"):
+        SendWindow.parse({"from_date": "yesterday", "to_date": "2026-12-03", "messages": 1})
+    with pytest.raises(ValueError, match="to_date is before"):
+        SendWindow.parse({"from_date": "2026-12-03", "to_date": "2026-12-02", "messages": 1})
+    text = json.dumps(
+        {
+            "from_date": "2026-12-03T09:00:00",
+            "to_date": "2026-12-03T09:01:00",
+            "messages": 5,
+            "from_email": "News@Example.com",
+        }
+    )
+    window = SendWindow.parse(text)  # the string a template renders
+    assert window.from_email == "news@example.com"
+    assert window.from_date.tzinfo is not None  # naive is UTC
+    assert SendWindow.parse(window.to_json()) == window
+    from sendmux_airflow import SendmuxDeliverySensor
+
+    with pytest.raises(ValueError, match="exactly one"):
+        SendmuxDeliverySensor(task_id="w")
