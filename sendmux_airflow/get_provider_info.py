@@ -107,6 +107,21 @@ def get_provider_info() -> dict[str, Any]:
                         "redis://host:6379/0: every task on this API key shares one request "
                         "budget (1,800 a minute), across workers. Empty: each task paces alone.",
                     ),
+                    "rate_limit": _nullable(
+                        "integer",
+                        "Requests per window",
+                        "The key's request ceiling (the Sending API's: 1,800). Change it only "
+                        "for a key with another limit, or a test sandbox scaled down.",
+                        default=1800,
+                        minimum=1,
+                    ),
+                    "rate_window": _nullable(
+                        "number",
+                        "Rate window (seconds)",
+                        "The ceiling's window (the Sending API's: 60; whole seconds with a "
+                        "pacer URL).",
+                        default=60,
+                    ),
                 },
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "port", "login", "extra"],

@@ -24,7 +24,8 @@ from sendmux_dispatch.client import (
     SendmuxClient,
 )
 from sendmux_dispatch.errors import SendmuxError
-from sendmux_dispatch.pacing import Pacer, RedisPacer, key_fingerprint
+from sendmux_dispatch.models.api_limits import RATE_WINDOW_SECONDS, SENDING_REQUESTS_PER_WINDOW
+from sendmux_dispatch.pacing import InProcessPacer, Pacer, RedisPacer, key_fingerprint
 from sendmux_dispatch.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -54,6 +55,10 @@ class SendmuxSettings:
     timeout: float = _DEFAULT_TIMEOUT
     max_attempts: int = _DEFAULT_ATTEMPTS
     pacer_url: str | None = field(default=None, repr=False)
+    #: The key's request ceiling: the Sending API's 1,800 per 60 s unless the
+    #: account has another (or a test scales the sandbox's down).
+    rate_limit: int = SENDING_REQUESTS_PER_WINDOW
+    rate_window: float = RATE_WINDOW_SECONDS
 
     @classmethod
     def from_connection(cls, conn: Connection) -> SendmuxSettings:
@@ -62,6 +67,14 @@ class SendmuxSettings:
         if not conn.password:
             raise SendmuxConnectionError(f"{where} has no API key: put it in the Password field")
         extra = conn.extra_dejson
+        pacer_url = _text(extra, "pacer_url", where)
+        rate_window = _number(extra, "rate_window", where, RATE_WINDOW_SECONDS)
+        if pacer_url is not None and not rate_window.is_integer():
+            # The Redis pacer's moving window counts whole seconds.
+            raise SendmuxConnectionError(
+                f"{where}: extra 'rate_window' must be a whole number of seconds with "
+                f"pacer_url, got {extra.get('rate_window')!r}"
+            )
         return cls(
             conn_id=conn.conn_id,
             api_key=conn.password,
@@ -71,7 +84,11 @@ class SendmuxSettings:
             from_email=_text(extra, "from_email", where),
             timeout=_number(extra, "timeout", where, _DEFAULT_TIMEOUT),
             max_attempts=int(_number(extra, "max_attempts", where, _DEFAULT_ATTEMPTS, whole=True)),
-            pacer_url=_text(extra, "pacer_url", where),
+            pacer_url=pacer_url,
+            rate_limit=int(
+                _number(extra, "rate_limit", where, SENDING_REQUESTS_PER_WINDOW, whole=True)
+            ),
+            rate_window=rate_window,
         )
 
 
@@ -190,20 +207,28 @@ class SendmuxHook(BaseHook):
             "user_agent_extra": "sendmux-airflow",
         }
 
-    def get_pacer(self) -> Pacer | None:
-        """The shared Redis pacer of ``pacer_url`` (one per hook), else ``None``.
+    def get_pacer(self) -> Pacer:
+        """This hook's pacer (one per hook, set on every client it makes).
 
-        ``None`` leaves pacing to the server's 429s and each dispatch's own
-        accounting; with ``pacer_url`` every task and worker on this API key
-        counts against one moving window in Redis (keyed by a fingerprint of
-        the key, never the key).
+        With ``pacer_url``, a :class:`RedisPacer`: every task and worker on
+        this API key counts against one moving window in Redis (keyed by a
+        fingerprint of the key, never the key). Without it, an
+        :class:`InProcessPacer`: this task stays under the ceiling by itself
+        (parallel tasks on one key each count only their own requests).
+        Both at the connection's ``rate_limit`` per ``rate_window`` seconds.
         """
         s = self.settings
-        if s.pacer_url is None:
-            return None
         with self._lock:
             if self._pacer is None:
-                self._pacer = RedisPacer(s.pacer_url, key_id=key_fingerprint(s.api_key))
+                if s.pacer_url is not None:
+                    self._pacer = RedisPacer(
+                        s.pacer_url,
+                        key_id=key_fingerprint(s.api_key),
+                        limit=s.rate_limit,
+                        window=s.rate_window,
+                    )
+                else:
+                    self._pacer = InProcessPacer(limit=s.rate_limit, window=s.rate_window)
             return self._pacer
 
     def get_client(self) -> SendmuxClient:

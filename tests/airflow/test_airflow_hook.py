@@ -128,3 +128,53 @@ def test_async_client_and_the_shared_pacer(
     assert any(key_fingerprint(sandbox.api_key) in name for name in names), names
     assert not any(sandbox.api_key in name for name in names)
     hook.close()
+
+
+def test_a_task_paces_itself_without_a_pacer_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No pacer URL: the hook's in-process pacer keeps one task under the key's ceiling."""
+    from sendmux_dispatch import InProcessPacer, dispatch
+    from sendmux_sandbox.config import SandboxConfig
+    from sendmux_sandbox.server import SandboxServer
+
+    # The Sending API's ratio (1,800 per 60 s) scaled down in time: 10 per 1 s.
+    with SandboxServer(SandboxConfig(delivery_delay=0.0, rate_limit=10, rate_window=1.0)) as box:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_SENDMUX_SCALED",
+            json.dumps(
+                {
+                    "conn_type": "sendmux",
+                    "host": box.sending_url,
+                    "password": box.api_key,
+                    "extra": {"rate_limit": 10, "rate_window": 1, "from_email": "r@example.com"},
+                }
+            ),
+        )
+        hook = SendmuxHook("sendmux_scaled")
+        pacer = hook.get_pacer()
+        assert isinstance(pacer, InProcessPacer)
+        assert (pacer.limit, pacer.window) == (10, 1.0)
+        template = {"from": "r@example.com", "subject": "Hi", "text_body": "Hello"}
+        people = ({"email": f"p{i}@example.com"} for i in range(3000))
+        try:
+            report = dispatch(hook.get_client(), template, people, job_key="paced", concurrency=8)
+        finally:
+            hook.close()
+        stats = box.stats()
+    assert report.queued == stats["unique_recipients"] == 3000
+    # 30 requests at 10 a second: the ceiling held, without a single 429.
+    assert stats["rate_limited"] == report.rate_limited == 0
+    assert report.elapsed >= 1.5
+
+
+def test_a_fractional_rate_window_with_a_pacer_url_names_the_field(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sendmux_airflow.hooks.sendmux import SendmuxConnectionError
+
+    extra = {"pacer_url": "redis://127.0.0.1:6379/0", "rate_window": 0.5}
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SENDMUX_HALF",
+        json.dumps({"conn_type": "sendmux", "password": "smx_k_1234567", "extra": extra}),
+    )
+    with pytest.raises(SendmuxConnectionError, match="'rate_window' must be a whole number"):
+        _ = SendmuxHook("sendmux_half").settings
