@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from sendmux_sandbox.api import Sandbox
 from sendmux_sandbox.config import FaultConfig
 from sendmux_sandbox.delivery import isoformat
-from sendmux_sandbox.state import OUTCOME_NAMES
+from sendmux_sandbox.state import OUTCOME_NAMES, Extra
 
 __all__ = ["admin_routes"]
 
@@ -69,8 +69,28 @@ def messages(sandbox: Sandbox, to: str | None, limit: int) -> list[dict[str, Any
                     "created_at": isoformat(msg.created),
                     "idempotency_key": msg.idempotency_key,
                     "status": "pending" if pending else OUTCOME_NAMES[msg.outcome],
+                    **_extras(msg.extra),
                 }
             )
+    return found
+
+
+def _extras(extra: Extra | None) -> dict[str, Any]:
+    """The rarer fields, each only when the message had it (a test asks for what it sent)."""
+    if extra is None:
+        return {}
+    found: dict[str, Any] = {}
+    for kind in ("cc", "bcc"):
+        if copies := [email for email, which in extra.copies if which == kind]:
+            found[kind] = copies
+    if extra.delivery_group:
+        found["delivery_group"] = list(extra.delivery_group)
+    if extra.reply_to:
+        found["reply_to"] = extra.reply_to
+    if extra.return_path:
+        found["return_path"] = extra.return_path
+    if extra.attachments:
+        found["attachments"] = list(extra.attachments)
     return found
 
 

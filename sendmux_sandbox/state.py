@@ -67,6 +67,17 @@ class Extra:
 
     copies: tuple[tuple[str, str], ...]
     delivery_group: tuple[str, ...] | None
+    reply_to: str | None = None
+    return_path: str | None = None
+    #: The attachments' file names, in order (their content is not kept).
+    attachments: tuple[str, ...] = ()
+
+
+def _address(value: Any) -> str | None:
+    # reply_to is an Address object or a bare string in the spec; return_path a string.
+    if isinstance(value, Mapping):
+        value = value.get("email")
+    return value if isinstance(value, str) and value else None
 
 
 @dataclass(slots=True)
@@ -197,6 +208,9 @@ class SandboxState:
         )
         group = msg.get("delivery_group")
         groups = (group,) if isinstance(group, str) else tuple(group) if group else None
+        reply_to = _address(msg.get("reply_to"))
+        return_path = _address(msg.get("return_path"))
+        attached = tuple(str(item.get("filename", "")) for item in msg.get("attachments", ()))
         lowered = to_email.lower()
         if lowered == to_email:
             lowered = to_email
@@ -212,8 +226,8 @@ class SandboxState:
             self._size.append(size)
             self._outcome.append(outcome)
             self._idem.append(idempotency_key)
-            if copies or groups:
-                self._extra[seq] = Extra(copies, groups)
+            if copies or groups or reply_to or return_path or attached:
+                self._extra[seq] = Extra(copies, groups, reply_to, return_path, attached)
             self._recipients.add(lowered)
             self._fingerprints.add(fingerprint)
             self._outcome_counts[outcome] += 1

@@ -26,6 +26,7 @@ class SendmuxSendEmailOperator(BaseOperator):
 
     ``cc`` and ``bcc`` go on every message (so they get one copy per ``to``
     address); ``from_email`` defaults to the connection's ``from_email``;
+    ``return_path`` is the bounce address (SesEmailOperator's);
     ``html_body`` may be a ``.html`` template file; ``files`` are paths to
     attach. Returns the :class:`~sendmux_dispatch.DispatchReport` as a dict
     (counts, at most 20 failures). The job key is the task instance's
@@ -40,8 +41,8 @@ class SendmuxSendEmailOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = (
-        *("to", "cc", "bcc", "from_email", "reply_to", "subject", "html_body", "text_body"),
-        *("custom_headers", "files", "delivery_group"),
+        *("to", "cc", "bcc", "from_email", "reply_to", "return_path", "subject", "html_body"),
+        *("text_body", "custom_headers", "files", "delivery_group"),
     )
     template_ext: Sequence[str] = (".html",)
     template_fields_renderers = {"html_body": "html", "custom_headers": "json"}  # noqa: RUF012
@@ -58,6 +59,7 @@ class SendmuxSendEmailOperator(BaseOperator):
         bcc: str | Sequence[str] | None = None,
         from_email: str | None = None,
         reply_to: str | None = None,
+        return_path: str | None = None,
         custom_headers: Mapping[str, str] | None = None,
         files: str | Sequence[str] | None = None,
         delivery_group: str | None = None,
@@ -69,7 +71,7 @@ class SendmuxSendEmailOperator(BaseOperator):
         if not 0.0 <= max_failure_ratio <= 1.0:
             raise ValueError(f"max_failure_ratio must be between 0 and 1, got {max_failure_ratio}")
         self.to, self.cc, self.bcc = to, cc, bcc
-        self.from_email, self.reply_to = from_email, reply_to
+        self.from_email, self.reply_to, self.return_path = from_email, reply_to, return_path
         self.subject, self.html_body, self.text_body = subject, html_body, text_body
         self.custom_headers, self.files = custom_headers, files
         self.delivery_group = delivery_group
@@ -89,6 +91,7 @@ class SendmuxSendEmailOperator(BaseOperator):
             html_body=self.html_body,
             text_body=self.text_body,
             reply_to=self.reply_to,
+            return_path=self.return_path,
             cc=self.cc,
             bcc=self.bcc,
             custom_headers=self.custom_headers,

@@ -60,6 +60,9 @@ def test_send_email_task_mails_each_recipient_once_and_returns_the_summary(
         assert message["subject"].startswith("Sales 20")
         assert message["subject"].endswith("{{ week }}")
         assert message["from"] == "reports@example.com"
+        assert message["reply_to"] == "finance@example.com"
+        assert message["return_path"] == "bounces@example.com"
+        assert message["attachments"] == ["sales.csv"]
     assert sandbox.stats()["duplicate_deliveries"] == 0
 
     summary = _xcom(dag.dag_id, dagrun.run_id, "send")

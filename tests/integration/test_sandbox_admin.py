@@ -60,6 +60,29 @@ def test_messages_lists_what_a_recipient_received(sendmux_sandbox):
     assert sendmux_sandbox.messages(to="nobody@example.com") == []
 
 
+def test_messages_show_the_rarer_fields_only_when_sent(sendmux_sandbox):
+    full = {
+        **message("ann@example.com"),
+        "cc": [{"email": "cc@example.com"}],
+        "bcc": [{"email": "bcc@example.com"}],
+        "reply_to": {"email": "help@example.com"},
+        "return_path": "bounces@example.com",
+        "delivery_group": "dgrp_spring",
+        "attachments": [{"filename": "sales.csv", "content": "YSxi"}],
+    }
+    assert send(sendmux_sandbox, full).status_code == 200
+    send(sendmux_sandbox, message("bob@example.com"))
+    [stored] = sendmux_sandbox.messages(to="ann@example.com")
+    assert stored["cc"] == ["cc@example.com"]
+    assert stored["bcc"] == ["bcc@example.com"]
+    assert stored["reply_to"] == "help@example.com"
+    assert stored["return_path"] == "bounces@example.com"
+    assert stored["delivery_group"] == ["dgrp_spring"]
+    assert stored["attachments"] == ["sales.csv"]
+    [plain] = sendmux_sandbox.messages(to="bob@example.com")
+    assert not {"cc", "bcc", "reply_to", "return_path", "attachments"} & set(plain)
+
+
 def test_reset_forgets_messages_keys_counters_and_windows():
     with SandboxServer(SandboxConfig(rate_limit=1, rate_window=60.0)) as sandbox:
         first = send(sandbox, key="k").json()["data"]["message_id"]

@@ -40,6 +40,8 @@ with DAG(
         html_body="report.html",
         files=[str(HERE / "sales.csv")],
         custom_headers={"X-Report": "sales"},
+        reply_to="finance@example.com",
+        return_path="bounces@example.com",
     )
     # Dynamic task mapping: each mapped instance is its own job (map_index in the key).
     SendmuxSendEmailOperator.partial(
