@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import itertools
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -12,20 +11,23 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
 from airflow.sdk.exceptions import AirflowFailException
-from jinja2 import TemplateError, TemplateNotFound, meta
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2 import TemplateNotFound
 
+from sendmux_airflow._bulk_run import (
+    EverySeconds,
+    check_airflow_names,
+    message_ids,
+    send_window,
+    window_start,
+)
 from sendmux_airflow._bulk_source import Item, file_recipients, list_recipients, with_shared
 from sendmux_airflow._common import ProgressLog, check_report
 from sendmux_airflow._message import XCOM_FAILURES, build_template
 from sendmux_airflow.hooks.sendmux import SendmuxHook
-from sendmux_airflow.operators.send_email import _message_ids
 from sendmux_dispatch.dispatch import dispatch
 from sendmux_dispatch.errors import InvalidMessageError
 from sendmux_dispatch.keys import job_key_for
-from sendmux_dispatch.models import parse_address
 from sendmux_dispatch.personalize import Personalizer
-from sendmux_dispatch.report import Progress
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -36,8 +38,6 @@ __all__ = ["MAX_XCOM_MESSAGE_IDS", "SendmuxBulkSendOperator"]
 
 #: The ``message_ids`` XCom is pushed for sends of at most this many messages.
 MAX_XCOM_MESSAGE_IDS = 1000
-#: The per-recipient template: rendered by the core for each recipient, never by Airflow.
-PERSONALISED_FIELDS = ("subject", "html_body", "text_body", "custom_headers")
 
 
 class SendmuxBulkSendOperator(BaseOperator):
@@ -135,18 +135,18 @@ class SendmuxBulkSendOperator(BaseOperator):
         shared = dict(self.variables or {})
         with self._recipients() as items, tempfile.TemporaryDirectory(prefix="sendmux-") as tmp:
             first = next(items)  # primed already: this cannot fail
-            _check_airflow_names(template, context, {*shared, *_variables_of(first)})
+            check_airflow_names(template, context, {*shared, *getattr(first, "variables", {})})
             # The results file (disk, not memory) is only for the message_ids XCom.
             sized = len(self.recipients) if isinstance(self.recipients, list) else None
             results = None if (sized or 0) > MAX_XCOM_MESSAGE_IDS else Path(tmp) / "results.jsonl"
-            started = _window_start(context)
+            started = window_start(context)
             try:
                 report = dispatch(
                     hook.get_client(),
                     template,
                     with_shared(itertools.chain([first], items), shared),
                     job_key=job_key,
-                    on_progress=_EverySeconds(ProgressLog(self.log), 10.0),
+                    on_progress=EverySeconds(ProgressLog(self.log), 10.0),
                     max_failures=XCOM_FAILURES,
                     results_path=results,
                     concurrency=self.concurrency,
@@ -154,20 +154,14 @@ class SendmuxBulkSendOperator(BaseOperator):
                 )
             finally:
                 hook.close()
-            ended = dt.datetime.now(dt.timezone.utc)
-            if results is not None and report.queued <= MAX_XCOM_MESSAGE_IDS:
-                ti.xcom_push(key="message_ids", value=_message_ids(results))
-        ti.xcom_push(
-            key="send_window",
-            value={
-                "from_date": started.isoformat(),
-                "to_date": ended.isoformat(),
-                "messages": report.queued,
-                "delivery_group": self.delivery_group,
-                "from_email": parse_address(template["from"])["email"].lower(),
-            },
-        )
+            window = send_window(started, report, template)
+            ids = message_ids(results, MAX_XCOM_MESSAGE_IDS) if results else None
+        if ids is not None:
+            ti.xcom_push(key="message_ids", value=ids)
+        ti.xcom_push(key="send_window", value=window)
         self.log.info("Sendmux: %s", report.summary_line())
+        if report.stop_cause == "input":  # the file is wrong from some line on: a retry is too
+            raise AirflowFailException(f"recipients_file: {report.stopped_reason}")
         check_report(report, self.max_failure_ratio)
         return report.as_dict()
 
@@ -199,52 +193,3 @@ class SendmuxBulkSendOperator(BaseOperator):
                 f"html_body: no template file {self.html_body!r} in the DAG's folder or its "
                 f"template_searchpath; fix the name, or pass the HTML itself"
             ) from None
-
-
-def _variables_of(item: Item) -> Mapping[str, Any]:
-    return getattr(item, "variables", None) or {}
-
-
-def _check_airflow_names(template: Mapping[str, Any], context: Context, defined: set[str]) -> None:
-    """Fail on ``{{ ds }}`` in the per-recipient template: Airflow's names are not in it.
-
-    Only names Airflow's context has and the recipients do not: a CSV column
-    called ``ds`` is the recipient's. Cheap (the templates are parsed once),
-    and it turns what would be one ``undefined variable`` failure per
-    recipient into one error before any request.
-    """
-    sources = [template.get(name) for name in PERSONALISED_FIELDS[:3]]
-    sources += list((template.get("custom_headers") or {}).values())
-    env = SandboxedEnvironment()
-    found: set[str] = set()
-    for source in filter(None, sources):
-        with contextlib.suppress(TemplateError):  # the core names syntax errors itself
-            found |= meta.find_undeclared_variables(env.parse(source))
-    airflow_names = sorted(found & set(context) - defined - {"email", "name", "recipient"})
-    if airflow_names:
-        pairs = ", ".join(f"{name!r}: '{{{{ {name} }}}}'" for name in airflow_names)
-        raise AirflowFailException(
-            f"the per-recipient template uses Airflow's {', '.join(airflow_names)}, which "
-            f"Airflow does not render there; pass them in variables={{{pairs}}}"
-        )
-
-
-def _window_start(context: Context) -> dt.datetime:
-    """Just before the send; from the run's start on a retry, which may replay try 1's messages."""
-    now = dt.datetime.now(dt.timezone.utc)
-    run_start = getattr(context.get("dag_run"), "start_date", None)
-    if context["ti"].try_number > 1 and isinstance(run_start, dt.datetime):
-        return min(now, run_start.astimezone(dt.timezone.utc))
-    return now
-
-
-class _EverySeconds:
-    """Progress passed on at most every ``seconds``: a 100,000 list logs a line per 10 s."""
-
-    def __init__(self, inner: ProgressLog, seconds: float) -> None:
-        self._inner, self._seconds, self._last = inner, seconds, float("-inf")
-
-    def __call__(self, progress: Progress) -> None:
-        if progress.elapsed - self._last >= self._seconds:
-            self._last = progress.elapsed
-            self._inner(progress)

@@ -16,8 +16,9 @@ ROWS = 2_100
 
 
 @pytest.fixture
-def bulk_dags(airflow_db: Path, sandbox: Any) -> dict[str, Any]:
+def bulk_dags(airflow_db: Path, sandbox: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """The DAGs of ``dags/sendmux_bulk_dags.py`` by id, imported as the dags folder has them."""
+    monkeypatch.setenv("SENDMUX_TEST_SANDBOX_URL", sandbox.base_url)
     spec = importlib.util.spec_from_file_location(
         "sendmux_bulk_dags", DAGS_FOLDER / "sendmux_bulk_dags.py"
     )
@@ -53,6 +54,14 @@ def _states(dagrun: Any) -> dict[str, str]:
     return {f"{ti.task_id}[{ti.map_index}]": str(ti.state) for ti in dagrun.get_task_instances()}
 
 
+def _write_csv(path: Path, rows: int) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=list(_person(0)))
+        writer.writeheader()
+        writer.writerows(_person(i) for i in range(rows))
+    return path
+
+
 def _person(i: int) -> dict[str, str]:
     return {
         "email": f"reader{i}@example.com",
@@ -71,11 +80,7 @@ def test_bulk_csv_task_mails_each_row_once_with_its_own_variables(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     sendmux_connection(from_email="News Desk <News@Example.com>")
-    path = tmp_path / "readers.csv"
-    with path.open("w", newline="", encoding="utf-8") as file:
-        writer = csv.DictWriter(file, fieldnames=list(_person(0)))
-        writer.writeheader()
-        writer.writerows(_person(i) for i in range(ROWS))
+    path = _write_csv(tmp_path / "readers.csv", ROWS)
     dag = bulk_dags["sendmux_bulk_csv_test"]
 
     before = dt.datetime.now(dt.timezone.utc)
@@ -191,4 +196,34 @@ def test_bad_column_file_or_template_fails_before_any_request_naming_the_field(
     assert f"recipients_file: no file at {tmp_path / 'no.csv'}" in log
     assert "uses Airflow's ds, run_id" in log
     assert "variables={" in log
+    assert "html_body: no template file 'no_such_letter.html'" in log
     assert sandbox.api_key not in log
+
+
+def test_bulk_task_retried_after_lost_answers_mails_each_row_once(
+    bulk_dags: dict[str, Any], sandbox: Any, sendmux_connection: Any, tmp_path: Path
+) -> None:
+    # Try 1: every batch is accepted and delivered, then its answer is lost, so the
+    # task fails; try 2 (same job key: never the try number) replays, sends nothing anew.
+    sendmux_connection(from_email="ops@example.com", max_attempts=1)
+    sandbox.set_faults(drop_after_accept=1.0)
+    path = _write_csv(tmp_path / "readers.csv", 450)
+    dag = bulk_dags["sendmux_bulk_retry_test"]
+
+    dagrun = dag.test(run_conf={"file": str(path)})
+
+    ti = dagrun.get_task_instance("send")
+    assert (str(ti.state), ti.try_number) == ("success", 2)
+    stats = sandbox.stats()
+    assert stats["faults_injected"] >= 1
+    assert stats["idempotent_replays"] >= 1
+    assert stats["duplicate_deliveries"] == 0
+    assert stats["unique_recipients"] == stats["accepted_messages"] == 450
+    xcoms = _xcoms(dag.dag_id, dagrun.run_id)
+    assert xcoms[("send", -1, "return_value")]["queued"] == 450
+    # The window of try 2 starts with the run: it covers what try 1 sent.
+    window = xcoms[("send", -1, "send_window")]
+    first = min(dt.datetime.fromisoformat(m["created_at"]) for m in sandbox.messages(limit=500))
+    assert dt.datetime.fromisoformat(window["from_date"]) <= first
+    assert window["messages"] == 450
+    assert len(xcoms[("send", -1, "message_ids")]) == 450

@@ -7,13 +7,21 @@ writes its own lists under its tmp_path.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from typing import Any
 
 from airflow.sdk import DAG, task
 
 from sendmux_airflow import SendmuxBulkSendOperator
+from sendmux_sandbox.admin_client import SandboxAdmin
 
 START = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def clear_sandbox_faults(context: Any) -> None:
+    with SandboxAdmin(os.environ["SENDMUX_TEST_SANDBOX_URL"]) as admin:
+        admin.set_faults()
+
 
 with DAG(
     "sendmux_bulk_csv_test",
@@ -100,4 +108,23 @@ with DAG(
         recipients=["ann@example.com"],
         subject="Report for {{ ds }} ({{ run_id }})",
         text_body="Hello",
+    )
+    SendmuxBulkSendOperator(
+        task_id="missing_html",
+        recipients=["ann@example.com"],
+        subject="Hi",
+        html_body="no_such_letter.html",
+    )
+
+with DAG(
+    "sendmux_bulk_retry_test", schedule=None, start_date=START, params={"file": ""}
+) as retry_dag:
+    SendmuxBulkSendOperator(
+        task_id="send",
+        recipients_file="{{ params.file }}",
+        subject="Hi {{ name }}",
+        text_body="Hello",
+        retries=1,
+        retry_delay=dt.timedelta(seconds=0),
+        on_retry_callback=clear_sandbox_faults,
     )
