@@ -227,3 +227,23 @@ def test_bulk_task_retried_after_lost_answers_mails_each_row_once(
     assert dt.datetime.fromisoformat(window["from_date"]) <= first
     assert window["messages"] == 450
     assert len(xcoms[("send", -1, "message_ids")]) == 450
+
+
+def test_a_file_source_streams_a_big_list_in_flat_memory(airflow_db: Path, tmp_path: Path) -> None:
+    import tracemalloc
+
+    from sendmux_airflow._bulk_source import file_recipients
+
+    path = _write_csv(tmp_path / "big.csv", 40_000)
+    size = path.stat().st_size  # about 2.8 MB
+    options = {"email_column": "email", "name_column": "name", "encoding": "utf-8"}
+    tracemalloc.start()
+    try:
+        with file_recipients(f"file://{path}", file_format=None, conn_id=None, **options) as items:
+            count = sum(1 for _ in items)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == 40_000
+    # A row at a time: the peak is the readers' buffers, far under the file's size.
+    assert peak < min(1_000_000, size // 2), f"peak {peak:,} bytes for a {size:,}-byte file"
