@@ -247,3 +247,27 @@ def test_a_file_source_streams_a_big_list_in_flat_memory(airflow_db: Path, tmp_p
     assert count == 40_000
     # A row at a time: the peak is the readers' buffers, far under the file's size.
     assert peak < min(1_000_000, size // 2), f"peak {peak:,} bytes for a {size:,}-byte file"
+
+
+def test_bulk_send_example_mails_each_subscriber_their_own_notice(
+    airflow_db: Path, sandbox: Any, tmp_path: Path
+) -> None:
+    from airflow_home import REPO_ROOT, airflow_env, run_airflow
+    from conftest import connection_json
+
+    env = airflow_env(
+        AIRFLOW__CORE__DAGS_FOLDER=str(REPO_ROOT / "example_dags"),
+        AIRFLOW_CONN_SENDMUX_DEFAULT=connection_json(sandbox, from_email="team@example.com"),
+        SENDMUX_EXPORT_DIR=str(tmp_path),
+    )
+    done = run_airflow("dags", "test", "sendmux_bulk_send", "2026-12-01", env=env)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+
+    subjects = {m["to"]: m["subject"] for m in sandbox.messages()}
+    assert subjects == {
+        "ann@example.com": "Ann, your pro plan renews on 2026-12-09",
+        "bob@example.com": "Bob, your basic plan renews on 2026-12-14",
+        "cat@example.com": "Hello, your basic plan renews on 2026-12-20",
+    }
+    assert sandbox.stats()["duplicate_deliveries"] == 0
+    assert sandbox.api_key not in done.stdout + done.stderr
