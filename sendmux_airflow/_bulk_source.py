@@ -68,11 +68,14 @@ def file_recipients(
     """The recipients of a CSV or JSONL file, read lazily; the file closes with the block."""
     if isinstance(location, str) and not location.strip():
         raise AirflowFailException("recipients_file is empty: give a path or an object storage URL")
-    path = (
-        location
-        if isinstance(location, ObjectStoragePath)
-        else ObjectStoragePath(location.strip(), conn_id=conn_id)
-    )
+    try:
+        path = (
+            location
+            if isinstance(location, ObjectStoragePath)
+            else ObjectStoragePath(location.strip(), conn_id=conn_id)
+        )
+    except (TypeError, ValueError) as exc:
+        raise AirflowFailException(f"recipients_file: {location!r} is not a path: {exc}") from None
     shown = str(path)
     kind = _format_of(path.name, file_format)
     try:
@@ -88,20 +91,11 @@ def file_recipients(
             f"recipients_file: no file at {shown}; check the path (and its rendered template)"
         ) from None
     except (OSError, ValueError) as exc:
+        # ValueError: a scheme no installed provider registers (s3:// without amazon's).
         raise AirflowFailException(f"recipients_file: cannot open {shown}: {exc}") from None
     with handle:
-        try:
-            reader = (
-                read_csv(
-                    handle, email_column=email_column, name_column=name_column, encoding=encoding
-                )
-                if kind == "csv"
-                else read_jsonl(
-                    handle, email_column=email_column, name_column=name_column, encoding=encoding
-                )
-            )
-        except ValueError as exc:  # an encoding the line reader cannot split (UTF-16)
-            raise AirflowFailException(f"encoding: {exc}") from None
+        read = read_csv if kind == "csv" else read_jsonl
+        reader = read(handle, email_column=email_column, name_column=name_column, encoding=encoding)
         with contextlib.closing(reader):
             yield _primed(reader, f"recipients_file {shown}", email_column)
 
@@ -137,7 +131,7 @@ def _primed(items: Iterator[Item], field: str, email_column: str) -> Iterator[It
         first = next(items)
     except StopIteration:
         raise AirflowFailException(f"{field} holds no recipients") from None
-    except InputError as exc:
+    except (InputError, ValueError) as exc:  # ValueError: an encoding it cannot split (UTF-16)
         raise AirflowFailException(f"{field}: {exc}") from None
     if (
         isinstance(first, RecipientFailure)

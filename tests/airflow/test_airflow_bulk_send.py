@@ -271,3 +271,46 @@ def test_bulk_send_example_mails_each_subscriber_their_own_notice(
     }
     assert sandbox.stats()["duplicate_deliveries"] == 0
     assert sandbox.api_key not in done.stdout + done.stderr
+
+
+def test_file_source_errors_name_the_field_and_the_fix(airflow_db: Path, tmp_path: Path) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from sendmux_airflow._bulk_source import file_recipients
+
+    good = tmp_path / "list.csv"
+    good.write_text("email\nann@example.com\n", encoding="utf-8")
+    (tmp_path / "list.txt").write_text("email\nann@example.com\n", encoding="utf-8")
+    (tmp_path / "empty.csv").write_text("email\n", encoding="utf-8")
+    cases = {
+        (str(tmp_path / "list.txt"), None, "utf-8"): "set file_format='csv' or 'jsonl'",
+        (str(good), "xml", "utf-8"): "file_format must be 'csv' or 'jsonl', not 'xml'",
+        (str(good), None, "klingon"): "encoding: 'klingon' is not an encoding",
+        (str(good), None, "utf-16"): "encoding 'utf-16' is not supported; convert",
+        ("memory://lists/a.csv", None, "utf-8"): "recipients_file: cannot open memory://",
+        (str(tmp_path / "empty.csv"), None, "utf-8"): "holds no recipients",
+        ("  ", None, "utf-8"): "recipients_file is empty",
+    }
+    for (location, file_format, encoding), expected in cases.items():
+        with (
+            pytest.raises(AirflowFailException) as caught,
+            file_recipients(
+                location,
+                file_format=file_format,
+                email_column="email",
+                name_column="name",
+                encoding=encoding,
+                conn_id=None,
+            ),
+        ):
+            pass
+        assert expected in str(caught.value), (location, str(caught.value))
+    with file_recipients(
+        str(tmp_path / "list.txt"),
+        file_format="CSV",
+        email_column="email",
+        name_column="name",
+        encoding="latin-1",
+        conn_id=None,
+    ) as items:
+        assert [item.email for item in items] == ["ann@example.com"]
