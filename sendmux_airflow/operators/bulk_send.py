@@ -92,19 +92,18 @@ class SendmuxBulkSendOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if (recipients is None) == (recipients_file is None):
+        if recipients is None and recipients_file is None:
             raise ValueError(
-                "give exactly one of recipients= (a list, an XCom) or recipients_file="
+                "no recipients: give recipients= (a list, an XCom) or recipients_file="
             )
+        if recipients is not None and recipients_file is not None:
+            raise ValueError("give recipients= or recipients_file=, not both")
         if not 0.0 <= max_failure_ratio <= 1.0:
             raise ValueError(f"max_failure_ratio must be between 0 and 1, got {max_failure_ratio}")
         self.subject, self.html_body, self.text_body = subject, html_body, text_body
         self.recipients, self.recipients_file = recipients, recipients_file
-        self.file_format, self.email_column, self.name_column = (
-            file_format,
-            email_column,
-            name_column,
-        )
+        self.file_format = file_format
+        self.email_column, self.name_column = email_column, name_column
         self.encoding, self.storage_conn_id = encoding, storage_conn_id
         self.variables, self.custom_headers = variables, custom_headers
         self.from_email, self.reply_to, self.delivery_group = from_email, reply_to, delivery_group

@@ -314,3 +314,18 @@ def test_file_source_errors_name_the_field_and_the_fix(airflow_db: Path, tmp_pat
         conn_id=None,
     ) as items:
         assert [item.email for item in items] == ["ann@example.com"]
+
+
+def test_a_bulk_task_needs_exactly_one_recipient_source(airflow_db: Path) -> None:
+    from sendmux_airflow import SendmuxBulkSendOperator
+
+    with pytest.raises(ValueError, match="no recipients: give recipients="):
+        SendmuxBulkSendOperator(task_id="none", subject="Hi")
+    with pytest.raises(ValueError, match="not both"):
+        SendmuxBulkSendOperator(
+            task_id="both", subject="Hi", recipients=["a@example.com"], recipients_file="a.csv"
+        )
+    with pytest.raises(ValueError, match="max_failure_ratio"):
+        SendmuxBulkSendOperator(
+            task_id="ratio", subject="Hi", recipients=["a@example.com"], max_failure_ratio=2
+        )
