@@ -22,11 +22,13 @@ if TYPE_CHECKING:
         SendmuxSettings,
     )
     from sendmux_airflow.notifications.sendmux import SendmuxNotifier
+    from sendmux_airflow.operators.bulk_send import SendmuxBulkSendOperator
     from sendmux_airflow.operators.send_email import SendmuxSendEmailOperator
     from sendmux_airflow.sensors.delivery import SendmuxDeliverySensor
     from sendmux_airflow.triggers.delivery import SendmuxDeliveryTrigger
 
 __all__ = [
+    "SendmuxBulkSendOperator",
     "SendmuxConnectionError",
     "SendmuxDeliverySensor",
     "SendmuxDeliveryTrigger",
@@ -42,6 +44,7 @@ _LAZY = {
     "SendmuxHook": "sendmux_airflow.hooks.sendmux",
     "SendmuxSettings": "sendmux_airflow.hooks.sendmux",
     "SendmuxSendEmailOperator": "sendmux_airflow.operators.send_email",
+    "SendmuxBulkSendOperator": "sendmux_airflow.operators.bulk_send",
     "SendmuxNotifier": "sendmux_airflow.notifications.sendmux",
     "SendmuxDeliverySensor": "sendmux_airflow.sensors.delivery",
     "SendmuxDeliveryTrigger": "sendmux_airflow.triggers.delivery",

@@ -46,7 +46,10 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": _INTEGRATION,
-                "python-modules": ["sendmux_airflow.operators.send_email"],
+                "python-modules": [
+                    "sendmux_airflow.operators.send_email",
+                    "sendmux_airflow.operators.bulk_send",
+                ],
             }
         ],
         "notifications": ["sendmux_airflow.notifications.sendmux.SendmuxNotifier"],

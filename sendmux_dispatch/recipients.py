@@ -36,7 +36,9 @@ from __future__ import annotations
 import codecs
 import csv
 import json
+import os
 from collections.abc import Generator, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -51,6 +53,7 @@ __all__ = [
     "ReadStats",
     "Recipient",
     "RecipientFailure",
+    "RecipientFile",
     "iter_recipients",
     "normalize_email",
     "read_csv",
@@ -58,6 +61,9 @@ __all__ = [
     "recipient_from_mapping",
     "sniff_delimiter",
 ]
+
+#: What the file readers take: a path, or a file already open in binary or text mode.
+RecipientFile = str | os.PathLike[str] | IO[bytes] | IO[str]
 
 _NO_VARIABLES: Mapping[str, Any] = MappingProxyType({})
 # Mapping keys with a meaning of their own: never template variables.
@@ -288,11 +294,16 @@ _BARE_CR = (
 
 
 class _Lines:
-    """The file's physical lines, decoded one by one so a bad byte names its line."""
+    """The file's physical lines, decoded one by one so a bad byte names its line.
 
-    def __init__(self, handle: IO[bytes], path: Path, encoding: str) -> None:
+    A text handle's lines arrive decoded: they pass through, a byte-order mark
+    at the start of the first one dropped (the handle was opened as utf-8, not
+    utf-8-sig).
+    """
+
+    def __init__(self, handle: IO[bytes] | IO[str], shown: str, encoding: str) -> None:
         self._handle = handle
-        self._path = path
+        self._shown = shown
         self._encoding = encoding
         self._decoder = codecs.getincrementaldecoder(_ascii_compatible(_without_bom(encoding)))()
         #: Physical lines handed out so far (the number of the last one).
@@ -307,6 +318,9 @@ class _Lines:
         if not raw:
             raise StopIteration
         self.number += 1
+        if isinstance(raw, str):
+            self.last = raw.removeprefix("\ufeff") if self.number == 1 else raw
+            return self.last
         try:
             self.last = self._decoder.decode(raw)
         except UnicodeDecodeError as exc:
@@ -314,10 +328,22 @@ class _Lines:
                 f"line {self.number}: byte {raw[exc.start : exc.start + 1]!r} (byte "
                 f"{exc.start + 1} of the line) is not valid {self._encoding}; pass the "
                 f"file's encoding with --encoding / encoding= (cp1252, latin-1, ...)",
-                path=str(self._path),
+                path=self._shown,
                 line=self.number,
             ) from None
         return self.last
+
+
+@contextmanager
+def _opened(path: RecipientFile) -> Iterator[tuple[IO[bytes] | IO[str], str]]:
+    """The file to read and the name errors give it; a handle given stays the caller's to close."""
+    if isinstance(path, str | os.PathLike):
+        source = Path(path)
+        with source.open("rb") as handle:
+            yield handle, str(source)
+    else:
+        name = getattr(path, "name", None)
+        yield path, name if isinstance(name, str) else "<stream>"
 
 
 def _ascii_compatible(encoding: str) -> str:
@@ -330,7 +356,7 @@ def _ascii_compatible(encoding: str) -> str:
 
 
 def read_csv(
-    path: str | Path,
+    path: RecipientFile,
     *,
     email_column: str = "email",
     name_column: str = "name",
@@ -361,16 +387,19 @@ def read_csv(
     misquoted text on a later one, a quoted field past the field limit across
     lines, a byte that is not valid in ``encoding``.
 
+    ``path`` is a path, or a file already open (an object store's, a
+    socket's): binary, decoded here with ``encoding``, or text (open it with
+    ``newline=""`` so quoted line breaks survive). A handle is read from where
+    it stands and left open for its owner to close.
+
     The file stays open until the generator is exhausted or closed
     (``reader.close()``), which a ``with contextlib.closing(...)`` makes sure of.
     """
     if delimiter is not None and (len(delimiter) != 1 or delimiter in '\r\n"'):
         raise ValueError(f"delimiter must be one character other than a quote, not {delimiter!r}")
-    source = Path(path)
-    shown = str(source)
     stats = stats if stats is not None else ReadStats()
-    with source.open("rb") as handle:
-        lines = _Lines(handle, source, encoding)
+    with _opened(path) as (handle, shown):
+        lines = _Lines(handle, shown, encoding)
         header_line = _first_line(lines, stats)
         if header_line is None:
             raise InputError(f"{shown} is empty: expected a header row", path=shown, line=None)
@@ -567,7 +596,12 @@ def _cell(value: object) -> str | None:
 
 
 def read_jsonl(
-    path: str | Path, *, encoding: str = "utf-8", stats: ReadStats | None = None
+    path: RecipientFile,
+    *,
+    email_column: str = "email",
+    name_column: str = "name",
+    encoding: str = "utf-8",
+    stats: ReadStats | None = None,
 ) -> Generator[Recipient | RecipientFailure, None, None]:
     """Recipients from a JSON Lines file: one JSON object per line, read lazily.
 
@@ -576,15 +610,16 @@ def read_jsonl(
     that is not JSON (``invalid_json``), or neither an object nor a string
     (``malformed_row``), is a failure with its line number and the file goes on
     (each line stands alone, so the next one can still be trusted).
+    ``email_column`` and ``name_column`` are the keys of the address and the
+    name; ``path`` may be an open handle, as for :func:`read_csv`.
 
     :class:`~sendmux_dispatch.errors.InputError` is raised for a byte that is
     not valid in ``encoding`` (naming its line) and for a file with no
     non-blank line.
     """
-    source = Path(path)
     stats = stats if stats is not None else ReadStats()
-    with source.open("rb") as handle:
-        lines = _Lines(handle, source, encoding)
+    with _opened(path) as (handle, shown):
+        lines = _Lines(handle, shown, encoding)
         position = -1
         for line in lines:
             stats.lines = lines.number
@@ -611,8 +646,8 @@ def read_jsonl(
                     f"got {type(value).__name__}",
                 )
                 continue
-            yield recipient_from_mapping(value, position, where=where)
-        if position < 0:
-            raise InputError(
-                f"{source} is empty: expected one JSON object per line", path=str(source)
+            yield recipient_from_mapping(
+                value, position, email_key=email_column, name_key=name_column, where=where
             )
+        if position < 0:
+            raise InputError(f"{shown} is empty: expected one JSON object per line", path=shown)
