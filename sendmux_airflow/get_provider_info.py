@@ -107,6 +107,13 @@ def get_provider_info() -> dict[str, Any]:
                         "redis://host:6379/0: every task on this API key shares one request "
                         "budget (1,800 a minute), across workers. Empty: each task paces alone.",
                     ),
+                    "ledger_url": _nullable(
+                        "string",
+                        "Send ledger URL",
+                        "redis://host:6379/0 or an absolute SQLite path on the worker: records "
+                        "who was mailed, so a retry with an edited list mails nobody twice. "
+                        "Empty: Airflow 3.3+'s task state store, else batch keys alone.",
+                    ),
                 },
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "port", "login", "extra"],
