@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow_home import DAGS_FOLDER
+from airflow_home import DAGS_FOLDER, airflow_env, run_airflow
 
 from sendmux_airflow._ledger import (
     HEAD_KEY,
@@ -375,3 +380,76 @@ def _xcom_summary(dag_id: str, run_id: str) -> dict[str, Any]:
         )
         value: dict[str, Any] = row.value
         return value
+
+
+def test_send_task_killed_mid_send_then_rerun_on_an_edited_list_mails_everyone_once(
+    airflow_db: Path, sandbox: Any, sendmux_connection: Any, tmp_path: Path
+) -> None:
+    # A real SIGKILL: `airflow tasks test` runs the task in its own process, so killing
+    # that process mid-send kills the task between ledger writes, wherever it is. Then
+    # the same task instance (same run id, same task state store) runs again on an
+    # edited list. (A retry inside one `dag.test()` cannot be killed without killing
+    # pytest, and a second `airflow dags test` of one date deletes the run first.)
+    first = [f"kill{i:04d}@example.com" for i in range(1000)]
+    removed = set(first[7:1000:50])
+    final = [f"top{i:02d}@example.com" for i in range(25)] + [a for a in first if a not in removed]
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(first))
+    connection = sendmux_connection(from_email="bank@example.com")
+    env = airflow_env(
+        AIRFLOW_CONN_SENDMUX_DEFAULT=connection,
+        SENDMUX_TEST_LEDGER_LIST=str(listing),
+        SENDMUX_TEST_SANDBOX_URL=sandbox.base_url,
+    )
+    dag_id, run_id = "sendmux_ledger_kill_test", "ledger-kill-1"
+    for args in (("dags", "reserialize"), ("dags", "trigger", dag_id, "--run-id", run_id)):
+        done = run_airflow(*args, env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+    task_test = [sys.executable, "-m", "airflow", "tasks", "test", dag_id, "send", run_id]
+
+    # Slow requests, so the kill lands with batches in flight.
+    sandbox.set_faults(latency=0.15)
+    child = subprocess.Popen(
+        task_test,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while sandbox.stats()["accepted_messages"] < 300:
+            assert child.poll() is None, "the task ended before it could be killed"
+            assert time.monotonic() < deadline, "the task sent nothing"
+            time.sleep(0.02)
+        os.killpg(child.pid, signal.SIGKILL)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+    time.sleep(1.0)  # let requests already in the server finish
+    killed_at = sandbox.stats()["accepted_messages"]
+    assert 300 <= killed_at < 1000
+    left = _task_state_store(dag_id, run_id, "send")
+    assert left[PENDING_KEY]["intents"], "the kill left no batch in flight"
+
+    sandbox.set_faults()
+    listing.write_text("\n".join(final))
+    done = subprocess.run(
+        task_test, env=env, capture_output=True, text=True, timeout=240, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    counts = _deliveries(sandbox)
+    for address in final:
+        assert counts[address] == 1, address
+    assert set(counts) <= set(final) | removed
+    stats = sandbox.stats()
+    assert stats["duplicate_deliveries"] == 0
+    store = _task_state_store(dag_id, run_id, "send")
+    assert store[PENDING_KEY]["intents"] == []
+    accepted = sum(len(store[chunk_key(i)]) // 16 for i in range(store[HEAD_KEY]["chunks"]))
+    assert accepted == stats["unique_recipients"] == len(counts)
+    log = done.stdout + done.stderr
+    assert "already accepted" in log
+    assert sandbox.api_key not in log

@@ -77,3 +77,15 @@ with DAG(
         retry_delay=dt.timedelta(seconds=0),
         on_retry_callback=edit_list_between_tries,
     )
+
+with DAG(
+    "sendmux_ledger_kill_test",
+    schedule=None,
+    start_date=START,
+    user_defined_macros={"ledger_list": ledger_list},
+) as ledger_kill_dag:
+    # Run by `airflow tasks test` twice under one run id: the first process is
+    # SIGKILLed mid-send, the second reads the edited list.
+    SendmuxSendEmailOperator(
+        task_id="send", to="{{ ledger_list() }}", subject="Your statement", text_body="Hello"
+    )
