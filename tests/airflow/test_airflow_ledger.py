@@ -23,14 +23,8 @@ from typing import Any
 import pytest
 from airflow_home import DAGS_FOLDER, airflow_env, run_airflow
 
-from sendmux_airflow._ledger import (
-    HEAD_KEY,
-    PENDING_KEY,
-    TaskStateStoreLedger,
-    chunk_key,
-    ledger_for,
-    ledger_from_url,
-)
+from sendmux_airflow import TaskStateStoreLedger, ledger_for
+from sendmux_airflow._ledger import HEAD_KEY, PENDING_KEY, chunk_key, ledger_from_url
 from sendmux_dispatch import Ledger, SqliteLedger
 from sendmux_dispatch.errors import LedgerUnavailableError
 from sendmux_dispatch.keys import job_key_for
@@ -247,6 +241,19 @@ def test_ledger_for_picks_ledger_url_then_the_task_state_store_then_none(
     chosen = ledger_for(on_33, SendmuxHook())  # the connection's ledger wins
     assert isinstance(chosen, SqliteLedger)
     chosen.close()
+
+    # A Redis URL makes a RedisLedger, and its password is masked like the API key's.
+    from airflow.sdk._shared.secrets_masker import redact
+
+    from sendmux_dispatch import RedisLedger
+
+    sendmux_connection(ledger_url="redis://:ledger-s3cret@127.0.0.1:6379/12")
+    hook = SendmuxHook()
+    redis_ledger = ledger_for(on_33, hook)
+    assert isinstance(redis_ledger, RedisLedger)
+    redis_ledger.close()
+    assert redact("ledger-s3cret") == "***"
+    assert "ledger-s3cret" not in repr(hook.settings) + repr(redis_ledger)
 
     sendmux_connection(ledger_url="ledger.db")
     with pytest.raises(SendmuxConnectionError, match="extra 'ledger_url' must be"):
