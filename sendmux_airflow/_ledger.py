@@ -248,7 +248,7 @@ class TaskStateStoreLedger:
         )
 
     def _write_accepted(self, digests: Sequence[int], now: float) -> None:
-        """Append ``digests`` (none yet accepted): the chunks first, then the head counting them."""
+        """Append those of ``digests`` not yet accepted: the chunks first, then the head."""
         new = list(dict.fromkeys(d for d in digests if d not in self._accepted))
         if not new:
             return
