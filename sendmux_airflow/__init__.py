@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sendmux_dispatch._version import __version__
 
 if TYPE_CHECKING:
+    from sendmux_airflow._ledger import TaskStateStoreLedger, ledger_for
     from sendmux_airflow.hooks.sendmux import (
         SendmuxConnectionError,
         SendmuxHook,
@@ -36,7 +37,9 @@ __all__ = [
     "SendmuxNotifier",
     "SendmuxSendEmailOperator",
     "SendmuxSettings",
+    "TaskStateStoreLedger",
     "__version__",
+    "ledger_for",
 ]
 
 _LAZY = {
@@ -48,6 +51,8 @@ _LAZY = {
     "SendmuxNotifier": "sendmux_airflow.notifications.sendmux",
     "SendmuxDeliverySensor": "sendmux_airflow.sensors.delivery",
     "SendmuxDeliveryTrigger": "sendmux_airflow.triggers.delivery",
+    "TaskStateStoreLedger": "sendmux_airflow._ledger",
+    "ledger_for": "sendmux_airflow._ledger",
 }
 
 

@@ -18,6 +18,7 @@ from sendmux_airflow._common import ProgressLog, address_list, check_report
 from sendmux_airflow._rendered import literal_recipients, literal_template
 from sendmux_airflow.hooks.sendmux import SendmuxHook
 from sendmux_dispatch.dispatch import adispatch, dispatch
+from sendmux_dispatch.ledger import Ledger
 from sendmux_dispatch.models import Attachment
 from sendmux_dispatch.report import DispatchReport
 
@@ -92,11 +93,14 @@ def send_each(
     log: Any,
     max_failure_ratio: float = 0.0,
     results_path: Path | None = None,
+    ledger: Ledger | None = None,
 ) -> DispatchReport:
     """Send ``template`` to each address; raise (``check_report``) when too few were sent.
 
     ``results_path``: where dispatch writes one line per recipient (its
-    ``results_path``), for a caller that needs the message ids.
+    ``results_path``), for a caller that needs the message ids. ``ledger``:
+    the send ledger (``ledger_for``), so a retry whose list changed mails
+    nobody twice; the caller closes it.
     """
     template, literal = literal_template(template)
     try:
@@ -108,6 +112,7 @@ def send_each(
             on_progress=ProgressLog(log),
             max_failures=XCOM_FAILURES,
             results_path=results_path,
+            ledger=ledger,
         )
     finally:
         hook.close()

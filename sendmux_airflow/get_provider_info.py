@@ -125,6 +125,13 @@ def get_provider_info() -> dict[str, Any]:
                         "pacer URL).",
                         default=60,
                     ),
+                    "ledger_url": _nullable(
+                        "string",
+                        "Send ledger URL",
+                        "redis://host:6379/0 or an absolute SQLite path on the worker: records "
+                        "who was mailed, so a retry with an edited list mails nobody twice. "
+                        "Empty: Airflow 3.3+'s task state store, else batch keys alone.",
+                    ),
                 },
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "port", "login", "extra"],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -59,6 +60,7 @@ class SendmuxSettings:
     #: account has another (or a test scales the sandbox's down).
     rate_limit: int = SENDING_REQUESTS_PER_WINDOW
     rate_window: float = RATE_WINDOW_SECONDS
+    ledger_url: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_connection(cls, conn: Connection) -> SendmuxSettings:
@@ -89,6 +91,7 @@ class SendmuxSettings:
                 _number(extra, "rate_limit", where, SENDING_REQUESTS_PER_WINDOW, whole=True)
             ),
             rate_window=rate_window,
+            ledger_url=_ledger_url(extra, where),
         )
 
 
@@ -113,6 +116,20 @@ def _text(extra: dict[str, Any], name: str, where: str) -> str | None:
     if not isinstance(value, str):
         raise SendmuxConnectionError(f"{where}: extra {name!r} must be a string")
     return value.strip()
+
+
+def _ledger_url(extra: dict[str, Any], where: str) -> str | None:
+    # Checked here so a bad value fails when the connection is read, before any request.
+    value = _text(extra, "ledger_url", where)
+    if value is None:
+        return None
+    scheme = urlsplit(value).scheme.lower()
+    if scheme in ("redis", "rediss") or (not scheme and Path(value).expanduser().is_absolute()):
+        return value
+    raise SendmuxConnectionError(
+        f"{where}: extra 'ledger_url' must be a redis:// or rediss:// URL, or an absolute "
+        "path to a SQLite file on the worker's local disk (e.g. /var/lib/sendmux/ledger.db)"
+    )
 
 
 def _number(
@@ -142,8 +159,9 @@ def _masked(settings: SendmuxSettings) -> SendmuxSettings:
     for secret in (settings.api_key, settings.management_api_key):
         if secret:
             mask_secret(secret)
-    if settings.pacer_url and (password := urlsplit(settings.pacer_url).password):
-        mask_secret(password)
+    for url in (settings.pacer_url, settings.ledger_url):
+        if url and (password := urlsplit(url).password):
+            mask_secret(password)
     return settings
 
 
@@ -155,8 +173,9 @@ class SendmuxHook(BaseHook):
 
     :param sendmux_conn_id: the connection holding the API key (Password), the
         Sending API URL (Host) and the extras ``management_url``,
-        ``management_api_key``, ``from_email``, ``timeout``, ``max_attempts``
-        and ``pacer_url``.
+        ``management_api_key``, ``from_email``, ``timeout``, ``max_attempts``,
+        ``pacer_url`` and ``ledger_url`` (the send ledger's store: see
+        ``sendmux_airflow._ledger.ledger_for``).
     """
 
     conn_name_attr = "sendmux_conn_id"

@@ -22,6 +22,7 @@ from sendmux_airflow._bulk_run import (
 )
 from sendmux_airflow._bulk_source import Item, file_recipients, list_recipients, with_shared
 from sendmux_airflow._common import ProgressLog, check_report
+from sendmux_airflow._ledger import ledger_for
 from sendmux_airflow._message import XCOM_FAILURES, build_template
 from sendmux_airflow.hooks.sendmux import SendmuxHook
 from sendmux_dispatch.dispatch import dispatch
@@ -31,8 +32,6 @@ from sendmux_dispatch.personalize import Personalizer
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-    from sendmux_dispatch.ledger import Ledger
 
 __all__ = ["MAX_XCOM_MESSAGE_IDS", "SendmuxBulkSendOperator"]
 
@@ -139,6 +138,9 @@ class SendmuxBulkSendOperator(BaseOperator):
             sized = len(self.recipients) if isinstance(self.recipients, list) else None
             results = None if (sized or 0) > MAX_XCOM_MESSAGE_IDS else Path(tmp) / "results.jsonl"
             started = window_start(context)
+            # The ledger (the connection's ledger_url, else the task state store on
+            # 3.3+) makes a retry whose list was edited skip whoever was mailed.
+            ledger = ledger_for(context, hook)
             try:
                 report = dispatch(
                     hook.get_client(),
@@ -149,10 +151,12 @@ class SendmuxBulkSendOperator(BaseOperator):
                     max_failures=XCOM_FAILURES,
                     results_path=results,
                     concurrency=self.concurrency,
-                    ledger=self._ledger(context, hook),
+                    ledger=ledger,
                 )
             finally:
                 hook.close()
+                if ledger is not None:
+                    ledger.close()
             window = send_window(started, report, template)
             ids = message_ids(results, MAX_XCOM_MESSAGE_IDS) if results else None
         if ids is not None:
@@ -163,9 +167,6 @@ class SendmuxBulkSendOperator(BaseOperator):
             raise AirflowFailException(f"recipients_file: {report.stopped_reason}")
         check_report(report, self.max_failure_ratio)
         return report.as_dict()
-
-    def _ledger(self, context: Context, hook: SendmuxHook) -> Ledger | None:
-        return None  # wired to sendmux_airflow._ledger.ledger_for at merge
 
     def _recipients(self) -> contextlib.AbstractContextManager[Iterator[Item]]:
         columns = {"email_column": self.email_column, "name_column": self.name_column}

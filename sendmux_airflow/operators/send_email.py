@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from sendmux_airflow._ledger import ledger_for
 from sendmux_airflow._message import XCOM_FAILURES, build_template, recipients_of, send_each
 from sendmux_airflow.hooks.sendmux import SendmuxHook
 from sendmux_dispatch.keys import job_key_for
@@ -31,7 +32,10 @@ class SendmuxSendEmailOperator(BaseOperator):
     attach. Returns the :class:`~sendmux_dispatch.DispatchReport` as a dict
     (counts, at most 20 failures). The job key is the task instance's
     (dag_id, task_id, run_id, map_index), never the try number, so a retry
-    replays what try 1 sent instead of mailing anyone twice. The task fails
+    replays what try 1 sent instead of mailing anyone twice, and the send
+    ledger (:func:`~sendmux_airflow._ledger.ledger_for`: the task state store
+    on Airflow 3.3+, or the connection's ``ledger_url``) skips whoever an
+    earlier try mailed even when the list changed in between. The task fails
     when nothing was sent, or when the share of recipients not sent (failed,
     invalid, not attempted) is above ``max_failure_ratio`` (default 0: any).
 
@@ -101,19 +105,27 @@ class SendmuxSendEmailOperator(BaseOperator):
         )
         if self.cc or self.bcc:
             self.log.info("cc/bcc are added to each of the %d messages", len(recipients))
+        # The ledger (task state store on 3.3+, or the connection's ledger_url) makes a
+        # retry whose list was edited skip whoever an earlier try already mailed.
+        ledger = ledger_for(context, hook)
         # The per-recipient results go to a private temporary file, read back for the
         # message ids alone (the delivery sensor's input) and deleted with the directory.
         with tempfile.TemporaryDirectory(prefix="sendmux-") as tmp:
             results = Path(tmp) / "results.jsonl"
-            report = send_each(
-                hook,
-                template,
-                recipients,
-                job_key=job_key,
-                log=self.log,
-                max_failure_ratio=self.max_failure_ratio,
-                results_path=results,
-            )
+            try:
+                report = send_each(
+                    hook,
+                    template,
+                    recipients,
+                    job_key=job_key,
+                    log=self.log,
+                    max_failure_ratio=self.max_failure_ratio,
+                    results_path=results,
+                    ledger=ledger,
+                )
+            finally:
+                if ledger is not None:
+                    ledger.close()
             message_ids = _message_ids(results)
         # A separate key, so the return value stays DispatchReport.as_dict().
         ti.xcom_push(key="message_ids", value=message_ids)

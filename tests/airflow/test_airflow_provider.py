@@ -97,6 +97,7 @@ def test_connection_type_declares_its_form_fields() -> None:
     fields = conn_type["conn-fields"]
     assert set(fields) >= {"management_url", "management_api_key", "from_email", "timeout"}
     assert "pacer_url" in fields
+    assert "ledger_url" in fields
     assert fields["management_api_key"]["schema"]["format"] == "password"
     behaviour = conn_type["ui-field-behaviour"]
     assert behaviour["relabeling"] == {"host": "Sending API URL", "password": "API key"}
