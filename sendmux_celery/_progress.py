@@ -14,7 +14,9 @@ delivered twice (a killed worker, a broker redelivery) is counted once. Keys
 
 Each :func:`send_bulk` call is a *run*: it starts the counters afresh, and
 a batch counts only when this run planned it. All of them expire
-:data:`PROGRESS_TTL_SECONDS` after the last write.
+:data:`PROGRESS_TTL_SECONDS` after the last write. On one machine without
+Redis, a ``sqlite:///`` URL gives the same counters in a SQLite file
+(``_progress_sqlite``).
 """
 
 from __future__ import annotations
