@@ -13,7 +13,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -121,6 +121,36 @@ def test_bulk_file_task_with_a_missing_file_fails_naming_the_path_and_sends_noth
     assert "nowhere.csv" in str(raised.value)
     assert "shared volume" in str(raised.value)
     assert sandbox.stats()["requests"] == 0
+
+
+def test_bulk_file_task_whose_worker_is_killed_is_redelivered_and_mails_nobody_twice(
+    start_worker: Callable[..., Worker], rabbitmq_url: str, sandbox: Any, tmp_path: Path
+) -> None:
+    first = start_worker(rabbitmq_url)
+    tag = uuid.uuid4().hex[:8]
+    path = _write_csv(tmp_path / "list.csv", tag, 3_000)
+    sandbox.set_faults(latency=0.03)
+    result = first.producer.send_task(
+        SEND_BULK_FILE, args=[str(path), TEMPLATE, f"killed/{tag}"], queue=first.queue
+    )
+
+    def some_batches_done() -> bool:
+        info = result.info if result.state == PROGRESS else None
+        return isinstance(info, dict) and info.get("batches_done", 0) >= 5
+
+    wait_for(some_batches_done, 60, "five batches done")
+    first.kill()  # the bulk task and a batch die mid-flight; both come back (acks_late)
+    second = start_worker(rabbitmq_url, queue=first.queue)
+    report = result.get(timeout=120)
+    sandbox.set_faults()
+
+    assert (report["total"], report["queued"], report["batches"]) == (3_000, 3_000, 30)
+    wait_for(lambda: sandbox.stats()["accepted_messages"] >= 3_000, 10, "late arrivals")
+    stats = sandbox.stats()
+    assert stats["duplicate_deliveries"] == 0
+    assert (stats["accepted_messages"], stats["unique_recipients"]) == (3_000, 3_000)
+    assert stats["idempotent_replays"] >= 5  # the re-run replayed what the first run sent
+    assert " ready." in second.text()
 
 
 # --- pacing: two workers, one key, the sandbox's limit scaled down -----------
