@@ -159,3 +159,13 @@ def test_pacer_limit_and_window_come_from_app_conf_and_bad_ones_are_refused() ->
         SendmuxSettings.from_conf({**key, "sendmux_pacer_window": 0.5})
     with pytest.raises(SettingsError, match="sendmux_pacer_limit"):
         SendmuxSettings.from_conf({**key, "sendmux_pacer_limit": 0})
+
+
+@pytest.mark.filterwarnings("ignore::celery.exceptions.DuplicateTaskNameWarning")
+def test_the_shared_tasks_include_the_bulk_file_task() -> None:
+    import sendmux_celery.tasks  # noqa: F401  (what autodiscover_tasks imports)
+    from sendmux_celery import SEND_BULK_FILE
+
+    task = _app().tasks[SEND_BULK_FILE]
+    assert task.acks_late is True
+    assert task.reject_on_worker_lost is True
