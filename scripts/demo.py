@@ -4,7 +4,10 @@ Starts the Sendmux sandbox on a free loopback port, sends one email and then
 250 personalised messages (three idempotent batches) through the same client a
 production job would use, waits for the delivery logs, prints what happened
 and what the sandbox counted, then runs example_dags/sendmux_scheduled_report
-through `airflow dags test` against the same sandbox, and stops the sandbox.
+through `airflow dags test` against the same sandbox, then a 10,000-recipient
+file through a Celery worker's bulk task (scripts/celery_demo.py: the local
+RabbitMQ and Redis when they answer, else an embedded setup with no server),
+and stops the sandbox.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import time
 
 from airflow_demo import run_scheduled_report
+from celery_demo import run_bulk_job
 
 from sendmux_dispatch import EmailMessage, SendmuxClient, dispatch
 from sendmux_sandbox import SandboxConfig, SandboxServer
@@ -74,8 +78,9 @@ def main() -> None:
         ):
             print(f"  {name:22} {stats[name]}")
         airflow_ok = run_scheduled_report(sandbox)
+        celery_ok = run_bulk_job(sandbox)
     print("\nsandbox stopped.")
-    if not airflow_ok:
+    if not (airflow_ok and celery_ok):
         raise SystemExit(1)
 
 

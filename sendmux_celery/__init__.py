@@ -2,19 +2,22 @@
 
 ``send_bulk(app, template, recipients, job_key=...)`` streams a recipient
 list into batch tasks and returns a ``BulkJob`` (progress in Redis counters).
-``register(app)`` puts ``sendmux.send_email`` and ``sendmux.send_batch`` on a
+``register(app)`` puts ``sendmux.send_email``, ``sendmux.send_batch`` and
+``sendmux.send_bulk_file`` (a recipient file streamed from inside a worker) on a
 Celery app; ``sendmux_celery.tasks`` holds the same as shared tasks for
 autodiscovery (not imported here, so importing the package registers nothing).
 Only ``sendmux_dispatch`` speaks HTTP. See docs/celery.md.
 """
 
 from sendmux_celery._bodies import EmailSummary
+from sendmux_celery._bulk_file import PROGRESS, BulkFileError
 from sendmux_celery._job import BulkJob, BulkProgress
 from sendmux_celery._process import close_clients, worker_client
 from sendmux_celery._producer import DEFAULT_TASK_BYTES, send_bulk
 from sendmux_celery._progress import PROGRESS_TTL_SECONDS, job_id
 from sendmux_celery._registry import (
     SEND_BATCH,
+    SEND_BULK_FILE,
     SEND_EMAIL,
     RegisteredTasks,
     batch_task_id,
@@ -35,10 +38,13 @@ __all__ = [
     "DEFAULT_TASK_RETRY",
     "MAX_COUNTDOWN",
     "MAX_RETRY_DEADLINE",
+    "PROGRESS",
     "PROGRESS_TTL_SECONDS",
     "SEND_BATCH",
+    "SEND_BULK_FILE",
     "SEND_EMAIL",
     "BatchSummary",
+    "BulkFileError",
     "BulkJob",
     "BulkProgress",
     "EmailSummary",

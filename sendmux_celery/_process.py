@@ -38,7 +38,12 @@ def _make_client(settings: SendmuxSettings) -> SendmuxClient:
     pacer = None
     if settings.pacer_url is not None:
         # The pacer's Redis keys are named by a fingerprint, never by the key.
-        pacer = RedisPacer(settings.pacer_url, key_id=key_fingerprint(key))
+        pacer = RedisPacer(
+            settings.pacer_url,
+            key_id=key_fingerprint(key),
+            limit=settings.pacer_limit,
+            window=settings.pacer_window,
+        )
     return SendmuxClient(
         key,
         sending_url=settings.sending_url,

@@ -14,7 +14,9 @@ delivered twice (a killed worker, a broker redelivery) is counted once. Keys
 
 Each :func:`send_bulk` call is a *run*: it starts the counters afresh, and
 a batch counts only when this run planned it. All of them expire
-:data:`PROGRESS_TTL_SECONDS` after the last write.
+:data:`PROGRESS_TTL_SECONDS` after the last write. On one machine without
+Redis, a ``sqlite:///`` URL gives the same counters in a SQLite file
+(``_progress_sqlite``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ __all__ = ["PROGRESS_TTL_SECONDS", "ProgressStore", "job_id", "progress_url"]
 PROGRESS_TTL_SECONDS = 7 * 24 * 3600
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_SQLITE_SCHEMES = ("sqlite:///", "db+sqlite:///")
+_SQLITE_BACKEND = "db+sqlite:///"
 
 # KEYS: planned, meta. ARGV: batch key, messages, ttl.
 _PLAN = """
@@ -100,9 +104,13 @@ def progress_url(conf: Mapping[str, Any]) -> str:
     backend = conf.get("result_backend")
     if isinstance(backend, str) and backend.startswith(_REDIS_SCHEMES):
         return backend
+    if isinstance(backend, str) and backend.startswith(_SQLITE_BACKEND):
+        # One machine, no Redis (the demo): the result backend's file holds the counters too.
+        return backend
     raise SettingsError(
         "a bulk job keeps its progress in Redis: set app.conf.sendmux_progress_url to a "
-        "Redis URL (or use a redis:// result backend), on the producer and the workers",
+        "Redis URL (or use a redis:// result backend; on one machine a sqlite:/// URL), "
+        "on the producer and the workers",
         code="missing_progress_url",
     )
 
@@ -112,7 +120,18 @@ _clients: dict[tuple[int, str], Any] = {}
 
 
 class ProgressStore:
-    """The Redis side of bulk progress (one connection pool per process and URL)."""
+    """The Redis side of bulk progress (one connection pool per process and URL).
+
+    ``ProgressStore("sqlite:///file.db")`` makes the SQLite variant
+    (``_progress_sqlite``), for one machine with no Redis.
+    """
+
+    def __new__(cls, url: str) -> ProgressStore:
+        if cls is ProgressStore and url.startswith(_SQLITE_SCHEMES):
+            from sendmux_celery._progress_sqlite import SqliteProgressStore
+
+            return object.__new__(SqliteProgressStore)
+        return object.__new__(cls)
 
     def __init__(self, url: str) -> None:
         import redis

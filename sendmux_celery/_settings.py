@@ -12,6 +12,7 @@ from pydantic import SecretStr
 
 from sendmux_dispatch.client import DEFAULT_MANAGEMENT_URL, DEFAULT_SENDING_URL
 from sendmux_dispatch.errors import SendmuxError
+from sendmux_dispatch.models.api_limits import RATE_WINDOW_SECONDS, SENDING_REQUESTS_PER_WINDOW
 
 __all__ = ["API_KEY_ENV", "SendmuxSettings", "SettingsError"]
 
@@ -55,6 +56,9 @@ class SendmuxSettings:
     * ``sendmux_sending_url``, ``sendmux_management_url`` (the production URLs by default)
     * ``sendmux_pacer_url``: a Redis URL; every worker on the key shares one
       :class:`~sendmux_dispatch.RedisPacer` there (none: each process paces alone)
+    * ``sendmux_pacer_limit``, ``sendmux_pacer_window``: that pacer's ceiling,
+      requests per window of whole seconds (1,800 per 60 s, the API's); every
+      worker on the key must use the same values
     * ``sendmux_ledger_url``: the send ledger on Redis, used by the bulk flow
       (:func:`~sendmux_celery.send_bulk` and its batch tasks)
     * ``sendmux_timeout``: seconds per HTTP request (30)
@@ -67,6 +71,8 @@ class SendmuxSettings:
     management_url: str = DEFAULT_MANAGEMENT_URL
     pacer_url: str | None = None
     ledger_url: str | None = None
+    pacer_limit: int = SENDING_REQUESTS_PER_WINDOW
+    pacer_window: float = RATE_WINDOW_SECONDS
     timeout: float = 30.0
     request_attempts: int = 3
 
@@ -92,12 +98,23 @@ class SendmuxSettings:
             raise SettingsError(
                 f"app.conf.sendmux_request_attempts must be an int >= 1, got {attempts!r}"
             )
+        limit = conf.get("sendmux_pacer_limit", SENDING_REQUESTS_PER_WINDOW)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise SettingsError(f"app.conf.sendmux_pacer_limit must be an int >= 1, got {limit!r}")
+        window = _positive(conf, "sendmux_pacer_window", RATE_WINDOW_SECONDS)
+        if not window.is_integer():
+            # The Redis pacer's counters expire in whole seconds.
+            raise SettingsError(
+                f"app.conf.sendmux_pacer_window must be a whole number of seconds, got {window!r}"
+            )
         return cls(
             api_key=SecretStr(key),
             sending_url=_optional_url(conf, "sendmux_sending_url") or DEFAULT_SENDING_URL,
             management_url=_optional_url(conf, "sendmux_management_url") or DEFAULT_MANAGEMENT_URL,
             pacer_url=_optional_url(conf, "sendmux_pacer_url"),
             ledger_url=_optional_url(conf, "sendmux_ledger_url"),
+            pacer_limit=limit,
+            pacer_window=window,
             timeout=_positive(conf, "sendmux_timeout", 30.0),
             request_attempts=attempts,
         )

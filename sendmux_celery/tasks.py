@@ -13,12 +13,12 @@ from typing import Any
 
 from celery import shared_task
 
-from sendmux_celery import _bodies
-from sendmux_celery._registry import SEND_BATCH, SEND_EMAIL
+from sendmux_celery import _bodies, _bulk_file
+from sendmux_celery._registry import SEND_BATCH, SEND_BULK_FILE, SEND_EMAIL
 from sendmux_celery._results import BatchSummary
 from sendmux_celery._task import SendmuxTask
 
-__all__ = ["send_batch", "send_email"]
+__all__ = ["send_batch", "send_bulk_file", "send_email"]
 
 
 @shared_task(name=SEND_EMAIL, base=SendmuxTask, bind=True)  # type: ignore[untyped-decorator]
@@ -41,3 +41,29 @@ def send_batch(
 ) -> BatchSummary:
     """Send up to 100 messages as one batch under the batch's ``idempotency_key``."""
     return _bodies.send_batch(self, messages, idempotency_key, bulk_job, job_key, digests, recorded)
+
+
+@shared_task(name=SEND_BULK_FILE, base=SendmuxTask, bind=True)  # type: ignore[untyped-decorator]
+def send_bulk_file(
+    self: SendmuxTask,
+    path: str,
+    template: Mapping[str, Any],
+    job_key: str,
+    file_format: str | None = None,
+    max_messages: int = 100,
+    max_task_bytes: int | None = None,
+    timeout: float | None = None,
+    reader_options: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Send a template to everyone in a recipient file (CSV or JSON Lines) as a bulk job."""
+    return _bulk_file.send_bulk_file(
+        self,
+        path,
+        template,
+        job_key,
+        file_format=file_format,
+        max_messages=max_messages,
+        max_task_bytes=max_task_bytes,
+        timeout=timeout,
+        reader_options=reader_options,
+    )

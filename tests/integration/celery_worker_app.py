@@ -33,6 +33,9 @@ app.conf.update(
     sendmux_sending_url=os.environ.get("SENDMUX_CELERY_SENDING_URL"),
     sendmux_management_url=os.environ.get("SENDMUX_CELERY_MANAGEMENT_URL"),
     sendmux_pacer_url=os.environ.get("SENDMUX_CELERY_PACER") or None,
+    # The pacing test scales the API's 1,800 per 60 s down to the sandbox's limit.
+    sendmux_pacer_limit=int(os.environ.get("SENDMUX_CELERY_PACER_LIMIT", "1800")),
+    sendmux_pacer_window=float(os.environ.get("SENDMUX_CELERY_PACER_WINDOW", "60")),
     sendmux_ledger_url=os.environ.get("SENDMUX_CELERY_LEDGER") or None,
     sendmux_request_attempts=int(os.environ.get("SENDMUX_CELERY_ATTEMPTS", "3")),
     sendmux_timeout=10.0,

@@ -98,3 +98,23 @@ def test_ledger_benchmark_compares_backends_and_sends_everyone_once(redis_url: s
     assert re.search(r"sqlite \*\*[\d.]+x\*\*, redis \*\*[\d.]+x\*\*", output), output
     assert output.count("| yes |") == 3, output  # every memory run: exactly once
     assert ("NOT met" in output) == (code == 1), output
+
+
+def test_celery_benchmark_compares_the_pack_with_the_naive_task(
+    rabbitmq_url: str, redis_url: str
+) -> None:
+    code, output = run_script(
+        "bench_celery.py",
+        *("--limit", "20", "--window", "1", "--pack-n", "1000", "--naive-n", "30"),
+        *("--kill-pack-n", "1000", "--kill-naive-n", "30"),
+        *("--broker", rabbitmq_url, "--redis-url", redis_url),
+    )
+    assert code in (0, 1), output
+    assert "## Celery: the task pack against one task per recipient" in output
+    assert re.search(r"pack / naive = \*\*[\d.]+x\*\*", output), output
+    # The pack is exactly once with no 429s, also across the kill, at any size.
+    assert re.search(r"^\| pack: .*\| 1,000 \| .* \| 0 \| 0 \|$", output, re.MULTILINE), output
+    # The kill rows: recipients, kills, lost, duplicates, 429s.
+    assert re.search(r"^\| pack \| 1,000 \| [1-3] \| 0 \| 0 \| 0 \|", output, re.MULTILINE), output
+    assert re.search(r"^\| naive \| 30 \| [0-3] \| 0 \| \d+ \|", output, re.MULTILINE), output
+    assert ("NOT met" in output) == (code == 1), output

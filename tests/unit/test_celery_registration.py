@@ -114,3 +114,58 @@ def test_a_batch_that_cannot_be_sent_fails_before_any_setting_or_request(
     assert summary["error"]["errors"][0]["code"] == code
     assert summary["counts"]["queued"] == 0
     assert summary["counts"]["invalid"] == len(messages)
+
+
+def test_the_bulk_file_task_is_registered_and_can_have_a_queue_of_its_own() -> None:
+    from sendmux_celery import SEND_BULK_FILE
+
+    app = _app()
+    tasks = register(app, queue="mail", bulk_queue="bulk")
+    assert tasks.send_bulk_file.name == SEND_BULK_FILE
+    assert tasks.send_bulk_file.acks_late is True
+    assert app.amqp.router.route({}, SEND_BULK_FILE)["queue"].name == "bulk"
+    assert app.amqp.router.route({}, SEND_BATCH)["queue"].name == "mail"
+    same = _app()
+    register(same, queue="mail")
+    assert same.amqp.router.route({}, SEND_BULK_FILE)["queue"].name == "mail"
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["/nowhere/list.csv", {"from": "a@example.com", "subject": "s"}, "job"], "path"),
+        ([__file__, {"from": "a@example.com", "subject": "s"}, ""], "job_key"),
+        ([__file__, ["not", "a", "template"], "job"], "template"),
+    ],
+)
+def test_the_bulk_file_task_refuses_bad_arguments_naming_the_field(
+    args: list[Any], field: str
+) -> None:
+    from sendmux_celery import BulkFileError
+
+    result = register(_app()).send_bulk_file.apply(args=args)
+    with pytest.raises(BulkFileError, match=f"send_bulk_file: {field} "):
+        result.get()
+
+
+def test_pacer_limit_and_window_come_from_app_conf_and_bad_ones_are_refused() -> None:
+    key = {"sendmux_api_key": "smx_root_conf_0000"}
+    settings = SendmuxSettings.from_conf(
+        {**key, "sendmux_pacer_limit": 30, "sendmux_pacer_window": 1}
+    )
+    assert (settings.pacer_limit, settings.pacer_window) == (30, 1.0)
+    assert SendmuxSettings.from_conf(key).pacer_limit == 1800
+    with pytest.raises(SettingsError, match="whole number of seconds"):
+        SendmuxSettings.from_conf({**key, "sendmux_pacer_window": 0.5})
+    with pytest.raises(SettingsError, match="sendmux_pacer_limit"):
+        SendmuxSettings.from_conf({**key, "sendmux_pacer_limit": 0})
+
+
+@pytest.mark.filterwarnings("ignore::celery.exceptions.DuplicateTaskNameWarning")
+def test_the_shared_tasks_include_the_bulk_file_task() -> None:
+    import sendmux_celery.tasks  # noqa: F401  (what autodiscover_tasks imports)
+    from sendmux_celery import SEND_BULK_FILE
+
+    task = _app().tasks[SEND_BULK_FILE]
+    assert task.acks_late is True
+    assert task.reject_on_worker_lost is True
