@@ -1,0 +1,394 @@
+"""Bulk jobs through real workers under faults: a wrong key, API faults and an
+outage, a broker killed and restarted, workers killed -9 three times.
+
+Every job ends the way a user checks it: the sandbox counts each recipient
+once (``accepted_messages``, ``unique_recipients``, no duplicate deliveries).
+The workers and the shared brokers come from conftest.py; the broker-outage
+tests run a Redis server of their own on a free port, with its data on disk
+(append-only, fsync always), so a restart after ``kill -9`` has all of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("celery")
+
+from celery_workers import WRONG_KEY, Worker, in_ci, wait_for
+
+from sendmux_celery import BrokerUnavailableError, BulkJob, batch_task_id, send_bulk
+from sendmux_sandbox.config import FaultConfig
+
+TEMPLATE = {
+    "from": "news@example.com",
+    "subject": "Hello {{ name }}",
+    "text_body": "Dear {{ name }}, your code is {{ code }}.",
+}
+
+#: On Redis a killed worker's unacked batches come back after the visibility
+#: timeout, swept every second (kombu's default sweep is every 100 s).
+REDIS_RESTORE = {"SENDMUX_CELERY_VISIBILITY": "5", "SENDMUX_CELERY_RESTORE_INTERVAL": "1"}
+
+
+def _row(tag: str, i: int) -> dict[str, Any]:
+    return {"email": f"{tag}-{i}@example.com", "name": f"Reader {i}", "code": f"C{i}"}
+
+
+def _rows(n: int, tag: str, at: dict[int, Callable[[], None]] | None = None) -> Iterator[Any]:
+    """A generator of ``n`` recipients; ``at[i]`` runs just before row ``i`` is read."""
+    for i in range(n):
+        if at and i in at:
+            at[i]()
+        yield _row(tag, i)
+
+
+def _assert_each_once(sandbox: Any, n: int, tag: str) -> None:
+    stats = sandbox.stats()
+    assert stats["duplicate_deliveries"] == 0
+    assert stats["unique_recipients"] == n
+    assert stats["accepted_messages"] == n
+    for i in (0, n // 2, n - 1):
+        [message] = sandbox.messages(f"{tag}-{i}@example.com")
+        assert message["subject"] == f"Hello Reader {i}"
+
+
+def _batch_keys(redis_url: str, job: BulkJob) -> list[str]:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return sorted(k.decode() for k in client.smembers(f"sendmux:bulk:{job.job_id}:planned"))
+    finally:
+        client.close()
+
+
+# --- 1. a wrong key stops the producer -------------------------------------
+
+
+def test_wrong_key_stops_the_bulk_job_after_a_few_batches_and_the_report_says_why(
+    start_worker: Callable[..., Worker], rabbitmq_url: str, redis_url: str, sandbox: Any
+) -> None:
+    worker = start_worker(rabbitmq_url, SENDMUX_API_KEY=WRONG_KEY)
+    tag = uuid.uuid4().hex[:8]
+    key = f"wrong-key/{tag}"
+    probe = BulkJob(worker.producer, key)
+
+    def hold() -> None:
+        # Four batches are out: the list waits here until a worker has met the
+        # 401, so the test does not race the producer against the worker.
+        wait_for(lambda: probe.progress().stop_cause is not None, 30, "the job to stop")
+
+    started = time.monotonic()
+    job = send_bulk(
+        worker.producer,
+        TEMPLATE,
+        _rows(20_000, tag, {450: hold}),
+        job_key=key,
+        queue=worker.queue,
+    )
+    report = job.wait(timeout=60)
+    elapsed = time.monotonic() - started
+
+    progress = job.progress()
+    assert progress.planning_done
+    # Published until the stop was seen, then nothing more: the rest of the
+    # list was read and counted, as dispatch does.
+    assert progress.batches == 4
+    assert (report.total, report.not_sent, report.queued, report.failed) == (20_000, 20_000, 0, 0)
+    assert report.stop_cause == "auth"
+    assert report.stopped_reason is not None
+    assert report.stopped_reason.startswith("AuthenticationError: ")
+    assert not report.ok
+    assert "stopped early: AuthenticationError" in report.summary_line()
+    assert {f.code for f in report.failures} == {"authentication_required"}
+    assert elapsed < 30
+    stats = sandbox.stats()
+    assert stats["accepted_messages"] == 0
+    # One 401 per pool process at most: the batches taken after the stop made no request.
+    assert 1 <= stats["requests_by_api"].get("sending", 0) <= 2
+
+    results = [
+        worker.producer.AsyncResult(batch_task_id(k)).get(timeout=10)
+        for k in _batch_keys(redis_url, job)
+    ]
+    types = sorted(r["error"]["type"] for r in results)
+    assert "AuthenticationError" in types
+    assert "JobStoppedError" in types
+    assert all(r["counts"]["not_sent"] == r["total"] == 100 for r in results)
+    text = json.dumps([report.as_dict(), results])
+    assert WRONG_KEY not in text
+    assert sandbox.api_key not in text
+    assert "the bulk job stops (auth)" in worker.text()
+    assert WRONG_KEY not in worker.text()
+    worker.stop()
+
+
+# --- 4. three kill -9s of a worker mid-job ----------------------------------
+
+
+@pytest.mark.parametrize("broker", ["rabbitmq", "redis"])
+def test_three_workers_killed_mid_job_lose_and_duplicate_nothing(
+    broker: str, start_worker: Callable[..., Worker], request: pytest.FixtureRequest, sandbox: Any
+) -> None:
+    url = request.getfixturevalue("rabbitmq_url" if broker == "rabbitmq" else "redis_broker_url")
+    env = REDIS_RESTORE if broker == "redis" else {}
+    workers = [start_worker(url, **env)]
+    queue = workers[0].queue
+    workers.append(start_worker(url, queue=queue, **env))
+    tag = uuid.uuid4().hex[:8]
+    # Each request held a little, so batches are in flight when a kill lands.
+    sandbox.set_faults(latency=0.3)
+    job = send_bulk(
+        workers[0].producer, TEMPLATE, _rows(10_000, tag), job_key=f"kills/{tag}", queue=queue
+    )
+    for kill in range(3):
+        target = 20 * (kill + 1)
+        wait_for(lambda: job.progress().batches_done >= target, 90, f"{target} batches done")
+        workers.pop(0).kill()
+        assert job.progress().in_flight > 0
+        workers.append(start_worker(url, queue=queue, **env))
+    report = job.wait(timeout=120)
+    sandbox.set_faults()
+
+    assert report.ok, report.summary_line()
+    assert (report.total, report.queued, report.batches) == (10_000, 10_000, 100)
+    _assert_each_once(sandbox, 10_000, tag)
+    for worker in workers:
+        worker.stop()
+
+
+# --- 2. 20 % faults, then a 60-second outage --------------------------------
+
+#: 20 % of requests misbehave: 14 % fail before acceptance, 6 % after it (the
+#: answer dropped, or held past the worker's 1 s timeout).
+FAULTS = {
+    "error_503": 0.05,
+    "error_500": 0.05,
+    "error_429": 0.04,
+    "retry_after": 1,
+    "drop_after_accept": 0.03,
+    "slow_after_accept": 0.03,
+    "slow_seconds": 1.5,
+    "latency": 0.05,
+}
+OUTAGE_SECONDS = 60.0
+
+
+def test_twenty_percent_faults_then_a_60_second_outage_deliver_each_recipient_once(
+    start_worker: Callable[..., Worker], rabbitmq_url: str, sandbox: Any
+) -> None:
+    FaultConfig(**FAULTS)  # a typo in the rates fails here, not as a silent no-fault run
+    env = {
+        "SENDMUX_CELERY_TIMEOUT": "1",
+        # Enough task retries for the outage, inside a deadline well past it.
+        "SENDMUX_CELERY_TASK_ATTEMPTS": "100",
+        "SENDMUX_CELERY_TASK_DEADLINE": "600",
+        "SENDMUX_CELERY_MAX_SECONDS": "400",
+    }
+    first = start_worker(rabbitmq_url, concurrency=1, **env)
+    second = start_worker(rabbitmq_url, concurrency=1, queue=first.queue, **env)
+    tag = uuid.uuid4().hex[:8]
+    sandbox.set_faults(**FAULTS)
+    job = send_bulk(
+        first.producer, TEMPLATE, _rows(6_000, tag), job_key=f"faults/{tag}", queue=first.queue
+    )
+    wait_for(lambda: job.progress().batches_done >= 12, 90, "12 batches done through the faults")
+
+    # The outage: every send answered 503 with Retry-After.
+    sandbox.set_faults(error_503=1.0, retry_after=2)
+    outage_started = time.monotonic()
+    time.sleep(5)  # requests already past the fault check settle
+    before = sandbox.stats()["accepted_messages"]
+    time.sleep(OUTAGE_SECONDS - (time.monotonic() - outage_started))
+    during = job.progress()
+    stats = sandbox.stats()
+    assert stats["accepted_messages"] == before  # nothing got through the outage
+    assert stats["faults_by_kind"].get("error_503", 0) > 20
+    assert not during.done
+    assert during.failed == 0  # no batch gave up
+
+    sandbox.set_faults(**FAULTS)
+    report = job.wait(timeout=120)
+    sandbox.set_faults()
+
+    assert report.ok, report.summary_line()
+    assert (report.total, report.queued, report.batches) == (6_000, 6_000, 60)
+    assert report.retries > 0
+    _assert_each_once(sandbox, 6_000, tag)
+    kinds = sandbox.stats()["faults_by_kind"]
+    assert kinds.get("drop_after_accept", 0) + kinds.get("slow_after_accept", 0) > 0
+    assert "Retry" in first.text() + second.text()
+    first.stop()
+    second.stop()
+
+
+# --- 3. the broker killed and restarted mid-job -----------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class OwnRedis:
+    """A ``redis-server`` of the test's own, on a free port, its data in ``folder``.
+
+    Append-only with an fsync per write: ``kill -9`` loses nothing, and a
+    restart comes back with every queued and unacked message, as a restart
+    of a production broker with persistence would.
+    """
+
+    def __init__(self, binary: str, folder: Path) -> None:
+        self.binary = binary
+        self.folder = folder
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        log = (self.folder / f"redis-{self.starts}.log").open("wb")
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.folder),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        wait_for(self.answers, 10, f"redis-server on port {self.port}")
+
+    def answers(self) -> bool:
+        import redis
+
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5, socket_timeout=0.5)
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        """``kill -9``: no shutdown save; what it has is what the append-only file holds."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        reason = "redis-server is not on PATH: the broker-outage tests start one of their own"
+        if in_ci():
+            pytest.fail(f"{reason} (CI=true: broker tests must run, not skip)")
+        pytest.skip(reason)
+    server = OwnRedis(binary, tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
+def test_redis_broker_killed_and_restarted_mid_job_resumes_and_delivers_once(
+    own_redis: OwnRedis, start_worker: Callable[..., Worker], sandbox: Any
+) -> None:
+    env = {"SENDMUX_CELERY_VISIBILITY": "10", "SENDMUX_CELERY_RESTORE_INTERVAL": "1"}
+    worker = start_worker(own_redis.url, **env)
+    tag = uuid.uuid4().hex[:8]
+    sandbox.set_faults(latency=0.1)
+    restart = threading.Timer(4.0, own_redis.start)
+
+    def outage() -> None:
+        # Twenty batches are out and some are running: the broker dies under
+        # the producer and the worker, and comes back 4 s later with its data.
+        own_redis.kill()
+        restart.start()
+
+    try:
+        job = send_bulk(
+            worker.producer,
+            TEMPLATE,
+            _rows(6_000, tag, {2_050: outage}),
+            job_key=f"broker/{tag}",
+            queue=worker.queue,
+        )
+    finally:
+        restart.join()
+    # The producer waited for the broker (publish retries) and published the rest.
+    assert job.progress().planning_done
+    report = job.wait(timeout=120)
+    sandbox.set_faults()
+
+    assert report.ok, report.summary_line()
+    assert (report.total, report.queued, report.batches) == (6_000, 6_000, 60)
+    _assert_each_once(sandbox, 6_000, tag)
+    assert own_redis.starts == 2
+    worker.stop()
+
+
+def test_producer_that_loses_the_broker_fails_clearly_and_a_rerun_completes_the_job(
+    own_redis: OwnRedis, start_worker: Callable[..., Worker], sandbox: Any
+) -> None:
+    env = {"SENDMUX_CELERY_VISIBILITY": "10", "SENDMUX_CELERY_RESTORE_INTERVAL": "1"}
+    worker = start_worker(own_redis.url, **env)
+    tag = uuid.uuid4().hex[:8]
+    key = f"broker-gone/{tag}"
+
+    with pytest.raises(BrokerUnavailableError) as raised:
+        send_bulk(
+            worker.producer,
+            TEMPLATE,
+            _rows(5_000, tag, {2_050: own_redis.kill}),
+            job_key=key,
+            queue=worker.queue,
+            # Give up after about a second, where the default waits ~30 s.
+            retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5},
+        )
+    error = raised.value
+    assert error.code == "broker_unavailable"
+    assert "20 batches were published" in error.message
+    assert key in error.message
+    assert "Run send_bulk again with the same job_key" in error.message
+    assert not BulkJob(worker.producer, key).progress().planning_done
+
+    own_redis.start()
+    # The worker reconnects and finishes what was published; the re-run
+    # replays those batches (same keys) and sends the rest.
+    wait_for(lambda: sandbox.stats()["accepted_messages"] >= 2_000, 60, "the published batches")
+    report = send_bulk(
+        worker.producer, TEMPLATE, _rows(5_000, tag), job_key=key, queue=worker.queue
+    ).wait(timeout=120)
+
+    assert report.ok, report.summary_line()
+    assert (report.total, report.queued, report.batches) == (5_000, 5_000, 50)
+    _assert_each_once(sandbox, 5_000, tag)
+    assert sandbox.stats()["idempotent_replays"] >= 20
+    with contextlib.suppress(Exception):
+        worker.stop()
