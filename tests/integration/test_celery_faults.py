@@ -68,7 +68,8 @@ def _batch_keys(redis_url: str, job: BulkJob) -> list[str]:
 
     client = redis.Redis.from_url(redis_url)
     try:
-        return sorted(k.decode() for k in client.smembers(f"sendmux:bulk:{job.job_id}:planned"))
+        members: Any = client.smembers(f"sendmux:bulk:{job.job_id}:planned")
+        return sorted(k.decode() for k in members)
     finally:
         client.close()
 
@@ -175,7 +176,7 @@ def test_three_workers_killed_mid_job_lose_and_duplicate_nothing(
 
 #: 20 % of requests misbehave: 14 % fail before acceptance, 6 % after it (the
 #: answer dropped, or held past the worker's 1 s timeout).
-FAULTS = {
+FAULTS: dict[str, Any] = {
     "error_503": 0.05,
     "error_500": 0.05,
     "error_429": 0.04,
@@ -467,3 +468,52 @@ def test_producer_that_loses_the_broker_fails_clearly_and_a_rerun_completes_the_
     assert (report.total, report.queued, report.batches) == (5_000, 5_000, 50)
     _assert_each_once(sandbox, 5_000, tag)
     assert sandbox.stats()["idempotent_replays"] >= 19
+
+
+# --- which verdicts stop a job (no broker needed) ---------------------------
+
+
+def _verdict(error: dict[str, Any] | None, not_sent: int = 100) -> Any:
+    return {
+        "status": "failed",
+        "idempotency_key": "k",
+        "total": 100,
+        "counts": {"queued": 0, "failed": 100 - not_sent, "not_sent": not_sent},
+        "message_ids": [],
+        "failures": [],
+        "error": error,
+        "attempts": 1,
+        "request_id": None,
+    }
+
+
+def _error(type_: str, status: int | None, code: str | None) -> dict[str, Any]:
+    return {
+        "type": type_,
+        "message": "refused",
+        "status": status,
+        "code": code,
+        "retryable": False,
+        "request_id": None,
+        "errors": [],
+    }
+
+
+def test_only_errors_every_batch_would_meet_stop_a_job() -> None:
+    from sendmux_celery._stop import stop_for
+
+    def cause(type_: str, status: int | None, code: str | None, not_sent: int = 100) -> Any:
+        stop = stop_for(_verdict(_error(type_, status, code), not_sent))
+        return None if stop is None else stop.cause
+
+    auth = stop_for(_verdict(_error("AuthenticationError", 401, "authentication_required")))
+    assert auth is not None
+    assert (auth.cause, auth.reason) == ("auth", "AuthenticationError: refused")
+    assert cause("PermissionDeniedError", 403, "insufficient_permissions") == "auth"
+    assert cause("InsufficientCreditsError", 402, "insufficient_credits") == "credits"
+    assert cause("SettingsError", None, "missing_api_key") == "auth"
+    # Retryable, a bad setting of another kind, or already a skip: the job goes on.
+    assert cause("ServiceUnavailableError", 503, "service_unavailable", not_sent=0) is None
+    assert cause("SettingsError", None, None) is None
+    assert cause("JobStoppedError", None, "authentication_required") is None
+    assert stop_for(_verdict(None, not_sent=0)) is None
