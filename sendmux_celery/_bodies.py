@@ -157,7 +157,7 @@ def send_batch(
     the verdict recorded there first (``recorded``: the full member list of
     a replayed intent, when this run found only some of them).
     """
-    if bulk_job is not None:
+    if bulk_job is not None and _first_delivery(task):
         stop = _job_stopped(task, bulk_job)
         if stop is not None:
             # Published before the stop: not sent, no request. Its ledger intent
@@ -175,6 +175,14 @@ def send_batch(
             _stop(task, bulk_job, summary["idempotency_key"], fatal)
         _record(task, bulk_job, summary)
     return summary
+
+
+def _first_delivery(task: SendmuxTask) -> bool:
+    # A retry or a redelivery may follow an attempt the server accepted: it
+    # goes to the server, whose answer to the key settles it, stop or not.
+    request = task.request
+    info = getattr(request, "delivery_info", None) or {}
+    return not (request.retries or info.get("redelivered"))
 
 
 def _job_stopped(task: SendmuxTask, bulk_job: str) -> JobStop | None:

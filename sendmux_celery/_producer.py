@@ -86,6 +86,13 @@ def send_bulk(
     changed list exactly once; a ledger that cannot be reached raises
     :class:`~sendmux_dispatch.errors.LedgerUnavailableError` (what was
     published goes on; a re-run sends the rest).
+
+    A batch refused with 401, 403 or 402 stops the job: nothing more is
+    published, the rest of the list is counted ``not_sent``, and the report's
+    ``stop_cause``/``stopped_reason`` say why. Publishing retries a broker
+    that is away for about 30 s (:data:`DEFAULT_PUBLISH_RETRY`; pass
+    ``retry_policy=`` to change it), then raises
+    :class:`BrokerUnavailableError`: run the job again once the broker is back.
     """
     store = ProgressStore(progress_url(app.conf))
     url = ledger_url(app.conf)
