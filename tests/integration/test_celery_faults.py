@@ -135,6 +135,51 @@ def test_wrong_key_stops_the_bulk_job_after_a_few_batches_and_the_report_says_wh
     worker.stop()
 
 
+def test_wrong_key_stop_on_the_ledger_then_the_fixed_rerun_mails_everyone_once(
+    start_worker: Callable[..., Worker], rabbitmq_url: str, redis_url: str, sandbox: Any
+) -> None:
+    from sendmux_dispatch.ledger import RedisLedger
+
+    wrong = start_worker(rabbitmq_url, SENDMUX_API_KEY=WRONG_KEY, SENDMUX_CELERY_LEDGER=redis_url)
+    wrong.producer.conf.sendmux_ledger_url = redis_url
+    tag = uuid.uuid4().hex[:8]
+    key = f"wrong-key-ledger/{tag}"
+    probe = BulkJob(wrong.producer, key)
+
+    def hold() -> None:
+        wait_for(lambda: probe.progress().stop_cause is not None, 30, "the job to stop")
+
+    stopped = send_bulk(
+        wrong.producer, TEMPLATE, _rows(1_000, tag, {450: hold}), job_key=key, queue=wrong.queue
+    ).wait(timeout=60)
+    assert (stopped.stop_cause, stopped.not_sent, stopped.queued) == ("auth", 1_000, 0)
+    with RedisLedger(redis_url) as ledger:
+        stats = ledger.stats(key)
+        assert stats is not None
+        # Of the four published batches, those refused (one request each) were
+        # released; those skipped stay pending and replay on the next run. The
+        # fifth, begun but never published, was released by the producer.
+        refused = sandbox.stats()["requests_by_api"]["sending"]
+        assert stats.accepted == 0
+        assert (stats.pending, stats.pending_members) == (4 - refused, 100 * (4 - refused))
+    wrong.stop()
+
+    # The key fixed (workers restarted with it), the same job again: once each.
+    fixed = start_worker(rabbitmq_url, queue=wrong.queue, SENDMUX_CELERY_LEDGER=redis_url)
+    fixed.producer.conf.sendmux_ledger_url = redis_url
+    report = send_bulk(
+        fixed.producer, TEMPLATE, _rows(1_000, tag), job_key=key, queue=fixed.queue
+    ).wait(timeout=60)
+    assert report.ok, report.summary_line()
+    assert (report.total, report.queued, report.stop_cause) == (1_000, 1_000, None)
+    _assert_each_once(sandbox, 1_000, tag)
+    with RedisLedger(redis_url) as ledger:
+        stats = ledger.stats(key)
+        assert stats is not None
+        assert (stats.accepted, stats.pending) == (1_000, 0)
+    fixed.stop()
+
+
 # --- 4. three kill -9s of a worker mid-job ----------------------------------
 
 
