@@ -371,5 +371,9 @@ def _send_batch(
             return done(sent=sent, invalid=invalid, error=error, whole=Outcome.NOT_SENT)
         task.retry_later(error, first)
         _gave_up(task, error, attempts)
+        if task.sendmux_retry_policy.waits_too_long(error):
+            # Refused with a Retry-After beyond the policy: not accepted now, and
+            # every other batch would be told the same (as dispatch: not_sent).
+            return done(sent=sent, invalid=invalid, error=error, whole=Outcome.NOT_SENT)
         return done(sent=sent, invalid=invalid, error=error)
     return done(sent=sent, invalid=invalid, result=result)

@@ -23,10 +23,10 @@ class BulkProgress:
     by outcome (``failed`` includes retries run out); ``invalid`` also counts
     recipients refused while planning, ``already_accepted``, ``failed`` and
     ``not_sent`` those the send ledger settled while planning; ``in_flight``: batches enqueued and
-    not yet done (waiting in the broker, running, or retrying). A job a
-    batch stopped (401, 403, 402) has ``stop_cause`` set: nothing more is
-    published, and batches published before the stop end ``not_sent``
-    without a request.
+    not yet done (waiting in the broker, running, or retrying). A job that
+    a batch stopped (401, 403, 402, a Retry-After beyond the task policy)
+    has ``stop_cause`` set: nothing more is published, and batches published
+    before the stop end ``not_sent`` without a request.
     """
 
     planning_done: bool

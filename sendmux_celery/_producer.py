@@ -87,8 +87,9 @@ def send_bulk(
     :class:`~sendmux_dispatch.errors.LedgerUnavailableError` (what was
     published goes on; a re-run sends the rest).
 
-    A batch refused with 401, 403 or 402 stops the job: nothing more is
-    published, the rest of the list is counted ``not_sent``, and the report's
+    A batch refused with 401, 403 or 402 (or a Retry-After beyond the task
+    policy's ``max_retry_after``) stops the job: nothing more is published,
+    the rest of the list is counted ``not_sent``, and the report's
     ``stop_cause``/``stopped_reason`` say why. Publishing retries a broker
     that is away for about 30 s (:data:`DEFAULT_PUBLISH_RETRY`; pass
     ``retry_policy=`` to change it), then raises

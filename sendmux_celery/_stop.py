@@ -1,4 +1,7 @@
-"""Stopping a bulk job when every further batch would fail the same way (401, 403, 402).
+"""Stopping a bulk job when every further batch would fail the same way.
+
+401 or 403 (``auth``), 402 (``credits``), or a 429/503 whose Retry-After is
+beyond the task policy's ``max_retry_after`` (``rate_limited``).
 
 As dispatch does (``DispatchReport.stop_cause``), a bulk job stops on a
 wrong key, a missing permission or no credits: more batches would only
@@ -58,6 +61,10 @@ def stop_for(summary: BatchSummary) -> JobStop | None:
     cause = None
     if error["type"] == "SettingsError":
         cause = _SETTINGS_CAUSES.get(error["code"] or "")
+    elif error["retryable"] and error["status"] in (429, 503):
+        # A retryable error ends not_sent only when its Retry-After is beyond
+        # the task policy's max_retry_after: the other batches would wait as long.
+        cause = "rate_limited"
     elif error["status"] is not None:
         cause = _CAUSES.get(error["status"])
     if cause is None:

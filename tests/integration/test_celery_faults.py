@@ -135,6 +135,34 @@ def test_wrong_key_stops_the_bulk_job_after_a_few_batches_and_the_report_says_wh
     worker.stop()
 
 
+def test_retry_after_beyond_the_policy_stops_the_job_as_rate_limited(
+    start_worker: Callable[..., Worker], rabbitmq_url: str, sandbox: Any
+) -> None:
+    worker = start_worker(rabbitmq_url)
+    tag = uuid.uuid4().hex[:8]
+    key = f"rate-limited/{tag}"
+    probe = BulkJob(worker.producer, key)
+    # The test app's task policy honours Retry-After up to 60 s: 2 hours is past it.
+    sandbox.set_faults(error_429=1.0, retry_after=7200)
+
+    def hold() -> None:
+        wait_for(lambda: probe.progress().stop_cause is not None, 30, "the job to stop")
+
+    report = send_bulk(
+        worker.producer, TEMPLATE, _rows(2_000, tag, {450: hold}), job_key=key, queue=worker.queue
+    ).wait(timeout=60)
+    sandbox.set_faults()
+
+    assert report.stop_cause == "rate_limited"
+    assert report.stopped_reason is not None
+    assert report.stopped_reason.startswith("RateLimitError: ")
+    assert (report.total, report.not_sent, report.failed) == (2_000, 2_000, 0)
+    stats = sandbox.stats()
+    assert stats["accepted_messages"] == 0
+    assert 1 <= stats["requests_by_api"]["sending"] <= 2  # not retried: the wait is too long
+    worker.stop()
+
+
 def test_wrong_key_stop_on_the_ledger_then_the_fixed_rerun_mails_everyone_once(
     start_worker: Callable[..., Worker], rabbitmq_url: str, redis_url: str, sandbox: Any
 ) -> None:
@@ -557,6 +585,10 @@ def test_only_errors_every_batch_would_meet_stop_a_job() -> None:
     assert cause("PermissionDeniedError", 403, "insufficient_permissions") == "auth"
     assert cause("InsufficientCreditsError", 402, "insufficient_credits") == "credits"
     assert cause("SettingsError", None, "missing_api_key") == "auth"
+    long_wait = _error("RateLimitError", 429, "rate_limit_exceeded") | {"retryable": True}
+    stop = stop_for(_verdict(long_wait))
+    assert stop is not None
+    assert stop.cause == "rate_limited"
     # Retryable, a bad setting of another kind, or already a skip: the job goes on.
     assert cause("ServiceUnavailableError", 503, "service_unavailable", not_sent=0) is None
     assert cause("SettingsError", None, None) is None
