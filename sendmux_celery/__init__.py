@@ -13,7 +13,12 @@ from sendmux_celery._bodies import EmailSummary
 from sendmux_celery._bulk_file import PROGRESS, BulkFileError
 from sendmux_celery._job import BulkJob, BulkProgress
 from sendmux_celery._process import close_clients, worker_client
-from sendmux_celery._producer import DEFAULT_TASK_BYTES, send_bulk
+from sendmux_celery._producer import (
+    DEFAULT_PUBLISH_RETRY,
+    DEFAULT_TASK_BYTES,
+    BrokerUnavailableError,
+    send_bulk,
+)
 from sendmux_celery._progress import PROGRESS_TTL_SECONDS, job_id
 from sendmux_celery._registry import (
     SEND_BATCH,
@@ -25,6 +30,7 @@ from sendmux_celery._registry import (
 )
 from sendmux_celery._results import BatchSummary, ErrorInfo, FailureInfo
 from sendmux_celery._settings import API_KEY_ENV, SendmuxSettings, SettingsError
+from sendmux_celery._stop import JobStoppedError
 from sendmux_celery._task import (
     DEFAULT_TASK_RETRY,
     MAX_COUNTDOWN,
@@ -34,6 +40,7 @@ from sendmux_celery._task import (
 
 __all__ = [
     "API_KEY_ENV",
+    "DEFAULT_PUBLISH_RETRY",
     "DEFAULT_TASK_BYTES",
     "DEFAULT_TASK_RETRY",
     "MAX_COUNTDOWN",
@@ -44,12 +51,14 @@ __all__ = [
     "SEND_BULK_FILE",
     "SEND_EMAIL",
     "BatchSummary",
+    "BrokerUnavailableError",
     "BulkFileError",
     "BulkJob",
     "BulkProgress",
     "EmailSummary",
     "ErrorInfo",
     "FailureInfo",
+    "JobStoppedError",
     "RegisteredTasks",
     "SendmuxSettings",
     "SendmuxTask",

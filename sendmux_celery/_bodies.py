@@ -11,6 +11,7 @@ from sendmux_celery._ledger import finish_batch, ledger_for, ledger_url
 from sendmux_celery._progress import ProgressStore, progress_url
 from sendmux_celery._results import BatchSummary, ErrorInfo, error_info, summarize
 from sendmux_celery._settings import SettingsError
+from sendmux_celery._stop import JobStop, stop_for, stopped_error
 from sendmux_celery._task import SendmuxTask
 from sendmux_dispatch.errors import (
     AuthenticationError,
@@ -156,12 +157,83 @@ def send_batch(
     the verdict recorded there first (``recorded``: the full member list of
     a replayed intent, when this run found only some of them).
     """
+    if bulk_job is not None and _first_delivery(task):
+        stop = _job_stopped(task, bulk_job)
+        if stop is not None:
+            # Published before the stop: not sent, no request. Its ledger intent
+            # stays pending (a redelivery may follow an accepted first run): the
+            # re-run replays it under its key.
+            skipped = _skip(task, messages, idempotency_key, stop)
+            _record(task, bulk_job, skipped)
+            return skipped
     summary = _send_batch(task, messages, idempotency_key)
     if job_key is not None and digests is not None:
         _finish(task, job_key, digests, summary, recorded)
     if bulk_job is not None:
+        fatal = stop_for(summary)
+        if fatal is not None:
+            _stop(task, bulk_job, summary["idempotency_key"], fatal)
         _record(task, bulk_job, summary)
     return summary
+
+
+def _first_delivery(task: SendmuxTask) -> bool:
+    # A retry or a redelivery may follow an attempt the server accepted: it
+    # goes to the server, whose answer to the key settles it, stop or not.
+    request = task.request
+    info = getattr(request, "delivery_info", None) or {}
+    return not (request.retries or info.get("redelivered"))
+
+
+def _job_stopped(task: SendmuxTask, bulk_job: str) -> JobStop | None:
+    import redis
+
+    try:
+        return ProgressStore(progress_url(task.app.conf)).stopped(bulk_job)
+    except (SettingsError, redis.RedisError):
+        # Not known to be stopped: send (recording the verdict says what went wrong).
+        return None
+
+
+def _skip(
+    task: SendmuxTask, messages: list[Mapping[str, Any]], idempotency_key: str, stop: JobStop
+) -> BatchSummary:
+    items: list[Any] = list(messages) if isinstance(messages, (list, tuple)) else []
+    logger.info(
+        "%s[%s]: not sent, the bulk job stopped: %s", task.name, task.request.id, stop.reason
+    )
+    return summarize(
+        key=idempotency_key if isinstance(idempotency_key, str) else "",
+        messages=items,
+        sent=range(len(items)),
+        invalid={},
+        result=None,
+        error=stopped_error(stop),
+        whole_batch=Outcome.NOT_SENT,
+        attempts=int(task.request.retries or 0) + 1,
+    )
+
+
+def _stop(task: SendmuxTask, bulk_job: str, batch_key: str, stop: JobStop) -> None:
+    import redis
+
+    try:
+        if ProgressStore(progress_url(task.app.conf)).stop(bulk_job, batch_key, stop):
+            logger.error(
+                "%s[%s]: the bulk job stops (%s): %s",
+                task.name,
+                task.request.id,
+                stop.cause,
+                stop.reason,
+            )
+    except (SettingsError, redis.RedisError) as error:
+        # The job goes on: each batch fails the same way, fast, as not_sent.
+        logger.warning(
+            "%s[%s]: could not stop the bulk job (%s)",
+            task.name,
+            task.request.id,
+            type(error).__name__,
+        )
 
 
 def _finish(
@@ -299,5 +371,9 @@ def _send_batch(
             return done(sent=sent, invalid=invalid, error=error, whole=Outcome.NOT_SENT)
         task.retry_later(error, first)
         _gave_up(task, error, attempts)
+        if task.sendmux_retry_policy.waits_too_long(error):
+            # Refused with a Retry-After beyond the policy: not accepted now, and
+            # every other batch would be told the same (as dispatch: not_sent).
+            return done(sent=sent, invalid=invalid, error=error, whole=Outcome.NOT_SENT)
         return done(sent=sent, invalid=invalid, error=error)
     return done(sent=sent, invalid=invalid, result=result)

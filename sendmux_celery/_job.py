@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sendmux_celery._progress import ProgressStore, job_id, progress_url
-from sendmux_dispatch.report import DispatchReport, Failure, Outcome
+from sendmux_dispatch.report import DispatchReport, Failure, Outcome, StopCause
 
 __all__ = ["BulkJob", "BulkProgress"]
 
@@ -23,7 +23,10 @@ class BulkProgress:
     by outcome (``failed`` includes retries run out); ``invalid`` also counts
     recipients refused while planning, ``already_accepted``, ``failed`` and
     ``not_sent`` those the send ledger settled while planning; ``in_flight``: batches enqueued and
-    not yet done (waiting in the broker, running, or retrying).
+    not yet done (waiting in the broker, running, or retrying). A job that
+    a batch stopped (401, 403, 402, a Retry-After beyond the task policy)
+    has ``stop_cause`` set: nothing more is published, and batches published
+    before the stop end ``not_sent`` without a request.
     """
 
     planning_done: bool
@@ -38,6 +41,10 @@ class BulkProgress:
     already_accepted: int
     not_sent: int
     duplicates_dropped: int
+    #: Why the job stopped before its end (``"auth"``, ``"credits"``), as dispatch names it.
+    stop_cause: StopCause | None = None
+    #: The error that stopped it (``"AuthenticationError: ..."``), never the key.
+    stopped_reason: str | None = None
 
     @property
     def in_flight(self) -> int:
@@ -84,6 +91,8 @@ class BulkJob:
             + int(meta.get("skipped_already_accepted", 0)),
             not_sent=counts.get(Outcome.NOT_SENT.value, 0) + int(meta.get("skipped_not_sent", 0)),
             duplicates_dropped=int(meta.get("duplicates_dropped", 0)),
+            stop_cause=cast("StopCause | None", meta.get("stop_cause")),
+            stopped_reason=meta.get("stopped_reason"),
         )
 
     def wait(self, timeout: float | None = None, interval: float = 0.5) -> DispatchReport:
@@ -124,6 +133,8 @@ class BulkJob:
             batches=progress.batches_done,
             requests=attempts,
             retries=max(attempts - progress.batches_done, 0),
+            stopped_reason=progress.stopped_reason,
+            stop_cause=progress.stop_cause,
         )
         for failure in json.loads(meta.get("plan_failures", "[]")) + failures:
             report.add_failure(

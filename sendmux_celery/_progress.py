@@ -6,7 +6,7 @@ once, in one Lua script keyed by the batch's idempotency key, so a batch
 delivered twice (a killed worker, a broker redelivery) is counted once. Keys
 (``{job}`` is :func:`job_id` of the job key, never the key itself)::
 
-    sendmux:bulk:{job}:meta     hash: planned batches/messages, planning totals
+    sendmux:bulk:{job}:meta     hash: planned batches/messages, planning totals, the stop
     sendmux:bulk:{job}:planned  set of the batch keys enqueued
     sendmux:bulk:{job}:done     hash batch key -> its status (once per key)
     sendmux:bulk:{job}:counts   hash outcome -> messages, plus batches, attempts
@@ -27,11 +27,12 @@ import os
 import re
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
-from sendmux_celery._results import BatchSummary
+from sendmux_celery._results import BatchSummary, ErrorInfo
 from sendmux_celery._settings import SettingsError
-from sendmux_dispatch.report import DEFAULT_MAX_FAILURES
+from sendmux_celery._stop import JobStop
+from sendmux_dispatch.report import DEFAULT_MAX_FAILURES, StopCause
 
 __all__ = ["PROGRESS_TTL_SECONDS", "ProgressStore", "job_id", "progress_url"]
 
@@ -43,7 +44,13 @@ _SQLITE_SCHEMES = ("sqlite:///", "db+sqlite:///")
 _SQLITE_BACKEND = "db+sqlite:///"
 
 # KEYS: planned, meta. ARGV: batch key, messages, ttl.
+# A stopped job plans nothing more: {-1, cause, reason, error JSON}; else {new}.
 _PLAN = """
+local cause = redis.call('HGET', KEYS[2], 'stop_cause')
+if cause then
+  return {-1, cause, redis.call('HGET', KEYS[2], 'stopped_reason') or '',
+          redis.call('HGET', KEYS[2], 'stop_error') or '{}'}
+end
 local new = redis.call('SADD', KEYS[1], ARGV[1])
 if new == 1 then
   redis.call('HINCRBY', KEYS[2], 'batches', 1)
@@ -51,7 +58,18 @@ if new == 1 then
 end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
-return new
+return {new}
+"""
+
+# KEYS: planned, meta. ARGV: batch key, cause, reason, error JSON, ttl.
+# The first stop wins; a batch this run did not plan (a straggler) stops nothing.
+_STOP = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 0 end
+if redis.call('HSETNX', KEYS[2], 'stop_cause', ARGV[2]) == 1 then
+  redis.call('HSET', KEYS[2], 'stopped_reason', ARGV[3], 'stop_error', ARGV[4])
+end
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]))
+return 1
 """
 
 # KEYS: done, counts, fail, planned. ARGV: batch key, status, ttl, max failures,
@@ -83,6 +101,13 @@ end
 for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, tonumber(ARGV[3])) end
 return first
 """
+
+
+def _job_stop(cause: bytes, reason: bytes, error: bytes) -> JobStop:
+    return JobStop(
+        cast("StopCause", cause.decode()), reason.decode(), cast("ErrorInfo", json.loads(error))
+    )
+
 
 _NOT_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -160,13 +185,38 @@ class ProgressStore:
         pipe.expire(keys["meta"], PROGRESS_TTL_SECONDS)
         pipe.execute()
 
-    def plan_batch(self, job: str, batch_key: str, messages: int) -> bool:
-        """Count a batch as enqueued (once per key); True when it was new."""
+    def plan_batch(self, job: str, batch_key: str, messages: int) -> JobStop | None:
+        """Count a batch as enqueued (once per key), unless the job stopped: the stop then."""
         keys = self.keys(job)
-        new = self._redis.eval(
+        answer = self._redis.eval(
             _PLAN, 2, keys["planned"], keys["meta"], batch_key, messages, PROGRESS_TTL_SECONDS
         )
-        return bool(new)
+        if int(answer[0]) != -1:
+            return None
+        return _job_stop(answer[1], answer[2], answer[3])
+
+    def stop(self, job: str, batch_key: str, stop: JobStop) -> bool:
+        """Record that the job stops (the first stop wins); False for a batch not of this run."""
+        keys = self.keys(job)
+        done = self._redis.eval(
+            _STOP,
+            2,
+            keys["planned"],
+            keys["meta"],
+            batch_key,
+            stop.cause,
+            stop.reason,
+            json.dumps(stop.error),
+            PROGRESS_TTL_SECONDS,
+        )
+        return bool(done)
+
+    def stopped(self, job: str) -> JobStop | None:
+        """The job's stop, if a batch recorded one in this run."""
+        cause, reason, error = self._redis.hmget(
+            self.keys(job)["meta"], "stop_cause", "stopped_reason", "stop_error"
+        )
+        return None if cause is None else _job_stop(cause, reason or b"", error or b"{}")
 
     def set_plan(self, job: str, totals: Mapping[str, int | str]) -> None:
         """Planning totals (overwritten by every update: a re-run writes the same values)."""

@@ -17,13 +17,18 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
 from sendmux_celery._progress import ProgressStore
 from sendmux_celery._results import BatchSummary
+from sendmux_celery._stop import JobStop
 from sendmux_dispatch.report import DEFAULT_MAX_FAILURES
+
+if TYPE_CHECKING:
+    from sendmux_celery._results import ErrorInfo
+    from sendmux_dispatch.report import StopCause
 
 __all__ = ["SqliteProgressError", "SqliteProgressStore", "sqlite_path"]
 
@@ -51,6 +56,23 @@ _SET_META = (
     "INSERT INTO sendmux_bulk_meta VALUES (?, ?, ?) "
     "ON CONFLICT (job, name) DO UPDATE SET value = excluded.value"
 )
+
+
+def _stop_of(db: sqlite3.Connection, job: str) -> JobStop | None:
+    rows = dict(
+        db.execute(
+            "SELECT name, value FROM sendmux_bulk_meta WHERE job = ? AND name IN "
+            "('stop_cause', 'stopped_reason', 'stop_error')",
+            (job,),
+        ).fetchall()
+    )
+    if "stop_cause" not in rows:
+        return None
+    return JobStop(
+        cast("StopCause", rows["stop_cause"]),
+        str(rows.get("stopped_reason", "")),
+        cast("ErrorInfo", json.loads(rows.get("stop_error") or "{}")),
+    )
 
 
 class SqliteProgressError(redis.RedisError):
@@ -118,15 +140,38 @@ class SqliteProgressStore(ProgressStore):
                 db.execute(f"DELETE FROM sendmux_bulk_{table} WHERE job = ?", (job,))  # noqa: S608
             db.execute(_SET_META, (job, "planning_done", "0"))
 
-    def plan_batch(self, job: str, batch_key: str, messages: int) -> bool:
+    def plan_batch(self, job: str, batch_key: str, messages: int) -> JobStop | None:
         with self._transaction() as db:
+            stop = _stop_of(db, job)
+            if stop is not None:
+                return stop  # a stopped job plans nothing more
             new = db.execute(
                 "INSERT OR IGNORE INTO sendmux_bulk_planned VALUES (?, ?)", (job, batch_key)
             ).rowcount
             if new:
                 db.execute(_ADD_META, (job, "batches", 1))
                 db.execute(_ADD_META, (job, "messages", messages))
-        return bool(new)
+        return None
+
+    def stop(self, job: str, batch_key: str, stop: JobStop) -> bool:
+        with self._transaction() as db:
+            planned = db.execute(
+                "SELECT 1 FROM sendmux_bulk_planned WHERE job = ? AND batch = ?", (job, batch_key)
+            ).fetchone()
+            if planned is None:
+                return False  # a straggler of an earlier run stops nothing
+            if _stop_of(db, job) is None:  # the first stop wins
+                fields = [
+                    ("stop_cause", stop.cause),
+                    ("stopped_reason", stop.reason),
+                    ("stop_error", json.dumps(stop.error)),
+                ]
+                db.executemany(_SET_META, [(job, name, value) for name, value in fields])
+        return True
+
+    def stopped(self, job: str) -> JobStop | None:
+        with self._transaction("BEGIN") as db:
+            return _stop_of(db, job)
 
     def set_plan(self, job: str, totals: Mapping[str, int | str]) -> None:
         with self._transaction() as db:

@@ -28,7 +28,15 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     broker_connection_retry_on_startup=True,
     broker_transport_options={
-        "visibility_timeout": float(os.environ.get("SENDMUX_CELERY_VISIBILITY", "3600"))
+        "visibility_timeout": float(os.environ.get("SENDMUX_CELERY_VISIBILITY", "3600")),
+        # Redis: kombu sweeps a dead worker's unacked messages back every
+        # interval x throttle seconds (10 x 10 by default); the fault tests
+        # set a short interval so their visibility timeout is what counts.
+        **(
+            {"unacked_restore_interval": int(restore), "unacked_restore_throttle": 1}
+            if (restore := os.environ.get("SENDMUX_CELERY_RESTORE_INTERVAL"))
+            else {}
+        ),
     },
     sendmux_sending_url=os.environ.get("SENDMUX_CELERY_SENDING_URL"),
     sendmux_management_url=os.environ.get("SENDMUX_CELERY_MANAGEMENT_URL"),
@@ -38,13 +46,17 @@ app.conf.update(
     sendmux_pacer_window=float(os.environ.get("SENDMUX_CELERY_PACER_WINDOW", "60")),
     sendmux_ledger_url=os.environ.get("SENDMUX_CELERY_LEDGER") or None,
     sendmux_request_attempts=int(os.environ.get("SENDMUX_CELERY_ATTEMPTS", "3")),
-    sendmux_timeout=10.0,
+    sendmux_timeout=float(os.environ.get("SENDMUX_CELERY_TIMEOUT", "10")),
 )
 sendmux_celery.register(
     app,
     queue=os.environ.get("SENDMUX_CELERY_QUEUE", "celery"),
     retry_policy=RetryPolicy(
-        max_attempts=4, initial_delay=0.5, max_delay=2.0, deadline=120.0, max_retry_after=60.0
+        max_attempts=int(os.environ.get("SENDMUX_CELERY_TASK_ATTEMPTS", "4")),
+        initial_delay=0.5,
+        max_delay=2.0,
+        deadline=float(os.environ.get("SENDMUX_CELERY_TASK_DEADLINE", "120")),
+        max_retry_after=60.0,
     ),
 )
 

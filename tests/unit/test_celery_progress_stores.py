@@ -13,6 +13,7 @@ pytest.importorskip("celery")
 from sendmux_celery._progress import ProgressStore, progress_url
 from sendmux_celery._progress_sqlite import SqliteProgressStore
 from sendmux_celery._results import BatchSummary
+from sendmux_celery._stop import JobStop
 
 
 def _summary(key: str, *, failed: int = 0, attempts: int = 1) -> BatchSummary:
@@ -50,9 +51,9 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ProgressStore:
 def test_a_batch_counts_once_and_only_when_this_run_planned_it(store: ProgressStore) -> None:
     job = f"job-{uuid.uuid4().hex[:8]}"
     store.reset(job)
-    assert store.plan_batch(job, "b0", 10)
-    assert not store.plan_batch(job, "b0", 10)  # published twice: planned once
-    assert store.plan_batch(job, "b1", 10)
+    assert store.plan_batch(job, "b0", 10) is None  # planned: no stop
+    assert store.plan_batch(job, "b0", 10) is None  # published twice: counted once (below)
+    assert store.plan_batch(job, "b1", 10) is None
     store.set_plan(job, {"recipients": 20, "planning_done": 1})
     assert store.record_batch(job, _summary("b0", failed=2, attempts=2))
     assert not store.record_batch(job, _summary("b0"))  # redelivered: counted once
@@ -64,6 +65,27 @@ def test_a_batch_counts_once_and_only_when_this_run_planned_it(store: ProgressSt
     store.reset(job)  # the next run starts afresh
     meta, counts, failures = store.snapshot(job)
     assert (meta, counts, failures) == ({"planning_done": "0"}, {}, [])
+
+
+def test_the_first_stop_wins_and_a_stopped_job_plans_nothing_more(store: ProgressStore) -> None:
+    job = f"job-{uuid.uuid4().hex[:8]}"
+    store.reset(job)
+    assert store.plan_batch(job, "b0", 10) is None
+    assert store.stopped(job) is None
+    error: Any = {"type": "AuthenticationError", "code": "authentication_required"}
+    auth = JobStop("auth", "AuthenticationError: the key is not valid", error)
+    assert not store.stop(job, "old", auth)  # a straggler of an earlier run stops nothing
+    assert store.stopped(job) is None
+    assert store.stop(job, "b0", auth)
+    later = JobStop("credits", "InsufficientCreditsError", {**error, "code": "credits"})
+    assert store.stop(job, "b0", later)  # recorded, but the first stop wins
+    assert store.stopped(job) == auth
+    assert store.plan_batch(job, "b1", 10) == auth
+    meta, _, _ = store.snapshot(job)
+    assert meta["batches"] == "1"  # b1 was not planned
+    assert meta["stop_cause"] == "auth"
+    store.reset(job)
+    assert store.stopped(job) is None
 
 
 def test_the_sqlite_store_is_chosen_by_url_and_by_a_sqlite_result_backend(tmp_path: Path) -> None:
