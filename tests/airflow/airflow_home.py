@@ -9,12 +9,14 @@ conftest.py so test modules can import the helpers under a unique name
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="sendmux-airflow-home-"))
@@ -48,4 +50,16 @@ def run_airflow(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
         text=True,
         timeout=240,
         check=False,
+    )
+
+
+def connection_json(sandbox: Any, *, api_key: str | None = None, **extra: Any) -> str:
+    """``AIRFLOW_CONN_SENDMUX_DEFAULT`` in JSON form (the URI form would split the URL)."""
+    return json.dumps(
+        {
+            "conn_type": "sendmux",
+            "host": sandbox.sending_url,
+            "password": sandbox.api_key if api_key is None else api_key,
+            "extra": {"management_url": sandbox.management_url, "timeout": 5, **extra},
+        }
     )

@@ -9,12 +9,11 @@ Tests elsewhere never import Airflow, so they do not pay for it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow_home import AIRFLOW_HOME, DAGS_FOLDER, run_airflow
+from airflow_home import AIRFLOW_HOME, DAGS_FOLDER, connection_json, run_airflow
 
 
 @pytest.fixture(scope="session")
@@ -23,18 +22,6 @@ def airflow_db() -> Path:
     done = run_airflow("db", "migrate")
     assert done.returncode == 0, f"airflow db migrate failed:\n{done.stdout}\n{done.stderr}"
     return AIRFLOW_HOME / "airflow.db"
-
-
-def connection_json(sandbox: Any, *, api_key: str | None = None, **extra: Any) -> str:
-    """``AIRFLOW_CONN_SENDMUX_DEFAULT`` in JSON form (the URI form would split the URL)."""
-    return json.dumps(
-        {
-            "conn_type": "sendmux",
-            "host": sandbox.sending_url,
-            "password": sandbox.api_key if api_key is None else api_key,
-            "extra": {"management_url": sandbox.management_url, "timeout": 5, **extra},
-        }
-    )
 
 
 @pytest.fixture

@@ -250,14 +250,13 @@ def test_a_file_source_streams_a_big_list_in_flat_memory(airflow_db: Path, tmp_p
 
 
 def test_bulk_send_example_mails_each_subscriber_their_own_notice(
-    airflow_db: Path, sandbox: Any, tmp_path: Path
+    airflow_db: Path, sandbox: Any, sendmux_connection: Any, tmp_path: Path
 ) -> None:
     from airflow_home import REPO_ROOT, airflow_env, run_airflow
-    from conftest import connection_json
 
     env = airflow_env(
         AIRFLOW__CORE__DAGS_FOLDER=str(REPO_ROOT / "example_dags"),
-        AIRFLOW_CONN_SENDMUX_DEFAULT=connection_json(sandbox, from_email="team@example.com"),
+        AIRFLOW_CONN_SENDMUX_DEFAULT=sendmux_connection(from_email="team@example.com"),
         SENDMUX_EXPORT_DIR=str(tmp_path),
     )
     done = run_airflow("dags", "test", "sendmux_bulk_send", "2026-12-01", env=env)

@@ -10,8 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from airflow_home import REPO_ROOT, airflow_env, run_airflow
-from conftest import connection_json
+from airflow_home import REPO_ROOT, airflow_env, connection_json, run_airflow
 
 EXAMPLES = REPO_ROOT / "example_dags"
 
