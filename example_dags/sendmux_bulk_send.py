@@ -13,7 +13,8 @@ knows (``s3://bucket/subscribers.csv`` with ``storage_conn_id="aws_default"``).
 A local file works on one machine (the demo, a LocalExecutor); on Celery or
 Kubernetes workers point ``SENDMUX_EXPORT_DIR`` at shared storage, or export
 to object storage. The connection ``sendmux_default`` gives the API key and
-the default sender (its ``from_email`` extra).
+the default sender (its ``from_email`` extra). The last task waits until the
+messages have left: it counts the send's window of delivery logs by status.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from airflow.sdk import DAG, task
 
-from sendmux_airflow import SendmuxBulkSendOperator
+from sendmux_airflow import SendmuxBulkSendOperator, SendmuxDeliverySensor
 
 EXPORT_DIR = Path(os.environ.get("SENDMUX_EXPORT_DIR", tempfile.gettempdir()))
 
@@ -52,7 +53,7 @@ with DAG(
             csv.writer(file).writerows(rows)
         return str(path)
 
-    SendmuxBulkSendOperator(
+    send = SendmuxBulkSendOperator(
         task_id="send_renewal_notices",
         recipients_file=export_subscribers(),  # the path the task returned (an XCom)
         subject="{{ name or 'Hello' }}, your {{ plan }} plan renews on {{ renews_on }}",
@@ -61,4 +62,15 @@ with DAG(
         variables={"issue": "{{ ds }}"},
         # A handful of failed recipients in a long list should not fail the task.
         max_failure_ratio=0.01,
+    )
+
+    # Waits in the triggerer, counting the send's window by status (100 logs a
+    # request, not one per message); a bounced address is logged, not fatal.
+    send >> SendmuxDeliverySensor(
+        task_id="wait_for_delivery",
+        send_window=send.output["send_window"],
+        policy="warn",
+        deferrable=True,
+        poke_interval=30,
+        timeout=6 * 3600,
     )
