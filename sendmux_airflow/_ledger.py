@@ -145,10 +145,23 @@ class TaskStateStoreLedger:
             transient=(AirflowRuntimeError, OSError),
             sleep=sleep,
         )
+        # _lock guards memory (held briefly); _io makes one writer at a time. A
+        # begin or finish changes memory, then waits until a write covering its
+        # change is done: whoever writes next writes every change made so far, so
+        # concurrent batches share writes (a group commit) instead of queueing one
+        # round trip to the API server each.
         self._lock = threading.Lock()
+        self._io = threading.Lock()
+        self._version = 0  # changes made in memory
+        self._durable = 0  # changes the store holds
         self._accepted = DigestSet()
-        self._chunks = 0  # chunks the head counts
-        self._tail: list[int] = []  # the digests of the last counted chunk
+        self._chunks = 0  # chunks in memory, the last one the tail
+        self._head_chunks = 0  # chunks the stored head counts
+        self._tail: list[int] = []  # the digests of the last chunk
+        #: Chunks changed since the last write (index -> digests); a full one is
+        #: kept only until it is written.
+        self._dirty: dict[int, list[int]] = {}
+        self._pending_dirty = False
         self._intents: dict[str, Intent] = {}
         self._claims: dict[int, str] = {}  # digest -> the pending intent holding it
         self._created: float | None = None
@@ -185,7 +198,7 @@ class TaskStateStoreLedger:
                     "another writer used this task instance's sendmux_ledger/ keys"
                 )
         if head is not None:
-            self._chunks = int(head["chunks"])
+            self._chunks = self._head_chunks = int(head["chunks"])
             self._created = float(head["created"])
             self._updated = float(head["updated"])
         for index in range(self._chunks):
@@ -235,58 +248,80 @@ class TaskStateStoreLedger:
             self._created = now
         self._updated = now
 
-    def _write_pending(self, now: float) -> None:
+    def _pending_value(self, now: float) -> dict[str, Any]:
         assert self._created is not None
-        self._set(
-            PENDING_KEY,
-            {
-                "job_key": self.job_key,
-                "created": self._created,
-                "updated": now,
-                "intents": [intent.to_json() for intent in self._intents.values()],
-            },
-        )
+        return {
+            "job_key": self.job_key,
+            "created": self._created,
+            "updated": now,
+            "intents": [intent.to_json() for intent in self._intents.values()],
+        }
 
-    def _write_accepted(self, digests: Sequence[int], now: float) -> None:
-        """Append those of ``digests`` not yet accepted: the chunks first, then the head."""
+    def _add_accepted(self, digests: Sequence[int]) -> None:
+        """Append those of ``digests`` not yet accepted to the tail chunk (memory)."""
         new = list(dict.fromkeys(d for d in digests if d not in self._accepted))
-        if not new:
-            return
-        chunks, tail = self._chunks, list(self._tail)
-        if chunks == 0:
-            chunks = 1
-        start = chunks - 1  # the first chunk this call writes
-        written: list[list[int]] = []
+        if self._chunks == 0 and new:
+            self._chunks = 1
         while new:
-            room = self.chunk_digests - len(tail)
+            room = self.chunk_digests - len(self._tail)
             if room <= 0:
-                written.append(tail)
-                chunks, tail = chunks + 1, []
+                self._chunks, self._tail = self._chunks + 1, []
                 continue
-            tail.extend(new[:room])
+            self._tail.extend(new[:room])
+            for digest in new[:room]:
+                self._accepted.add(digest)
             new = new[room:]
-        written.append(tail)
-        for offset, chunk in enumerate(written):
-            if offset == 0 and self._chunks and len(chunk) == len(self._tail):
-                continue  # the last chunk was full: nothing of it changed
-            self._set(chunk_key(start + offset), _hex(chunk))
-        if chunks != self._chunks:
-            self._touch(now)
-            assert self._created is not None
-            self._set(
-                HEAD_KEY,
-                {
-                    "version": _VERSION,
-                    "job_key": self.job_key,
-                    "chunks": chunks,
-                    "created": self._created,
-                    "updated": now,
-                },
-            )
-        for digest in digests:
-            self._accepted.add(digest)
-        self._chunks, self._tail = chunks, tail
-        self._touch(now)
+            # The same list object while it is the tail: a later append is written too.
+            self._dirty[self._chunks - 1] = self._tail
+
+    def _changed(self) -> int:
+        self._version += 1
+        return self._version
+
+    def _sync(self, version: int) -> None:
+        """Return once the store holds every change up to ``version``.
+
+        One write round: the changed chunks, then the head if the chunk count
+        grew, then the pending intents, in that order (see the class
+        docstring); taken from one snapshot of memory, so it covers every
+        change made before it started.
+        """
+        with self._io:
+            with self._lock:
+                if self._durable >= version:
+                    return  # another thread's write covered this change
+                covered = self._version
+                now = time.time()
+                chunks = [(index, _hex(self._dirty[index])) for index in sorted(self._dirty)]
+                dirty, self._dirty = self._dirty, {}
+                head: dict[str, Any] | None = None
+                if self._chunks != self._head_chunks:
+                    assert self._created is not None
+                    head = {
+                        "version": _VERSION,
+                        "job_key": self.job_key,
+                        "chunks": self._chunks,
+                        "created": self._created,
+                        "updated": now,
+                    }
+                pending = self._pending_value(now) if self._pending_dirty else None
+                self._pending_dirty = False
+            try:
+                for index, text in chunks:
+                    self._set(chunk_key(index), text)
+                if head is not None:
+                    self._set(HEAD_KEY, head)
+                if pending is not None:
+                    self._set(PENDING_KEY, pending)
+            except BaseException:
+                with self._lock:  # still to be written by the next round
+                    self._dirty = {**dirty, **self._dirty}
+                    self._pending_dirty = self._pending_dirty or pending is not None
+                raise
+            with self._lock:
+                self._durable = covered
+                if head is not None:
+                    self._head_chunks = int(head["chunks"])
 
     # ------------------------------------------------------------ protocol
 
@@ -314,12 +349,17 @@ class TaskStateStoreLedger:
             now = time.time()
             self._touch(now)
             self._hold(dataclasses.replace(intent, created=now))
-            try:
-                self._write_pending(now)
-            except BaseException:
-                self._release(intent.key)
-                raise
-            return set()
+            self._pending_dirty = True
+            version = self._changed()
+        try:
+            self._sync(version)
+        except BaseException:
+            with self._lock:
+                if intent.key in self._intents:
+                    self._release(intent.key)
+                    self._pending_dirty = True
+            raise
+        return set()
 
     def finish(
         self,
@@ -332,24 +372,34 @@ class TaskStateStoreLedger:
         _check_digests(accepted)
         with self._lock:
             now = time.time()
-            # Accepted first: killed before the pending write, the intent replays
-            # under its key and the server answers as it did.
-            self._write_accepted(accepted, now)
-            if key not in self._intents:
-                return
-            before = self._intents[key]
-            self._release(key)
-            if successor is not None and successor.key not in self._intents:
-                self._hold(dataclasses.replace(successor, created=now))
-            self._touch(now)
-            try:
-                self._write_pending(now)
-            except BaseException:
-                # Memory as the store is: the intent still pending, no successor.
-                if successor is not None and successor.key in self._intents:
-                    self._release(successor.key)
-                self._hold(before)
-                raise
+            # Accepted first (the write round puts chunks before pending): killed
+            # before the pending write, the intent replays under its key and the
+            # server answers as it did.
+            if accepted:
+                self._touch(now)
+            self._add_accepted(accepted)
+            before = self._intents.get(key)
+            if before is not None:
+                self._release(key)
+                if successor is not None and successor.key not in self._intents:
+                    self._hold(dataclasses.replace(successor, created=now))
+                self._touch(now)
+                self._pending_dirty = True
+            version = self._changed()
+        try:
+            self._sync(version)
+        except BaseException:
+            if before is not None:
+                with self._lock:
+                    # The intent still pending, no successor; the digests stay
+                    # accepted in memory (the server did accept them) and are
+                    # written by the next round, if any.
+                    if successor is not None and successor.key in self._intents:
+                        self._release(successor.key)
+                    if key not in self._intents:
+                        self._hold(before)
+                    self._pending_dirty = True
+            raise
 
     def stats(self, job_key: str) -> JobStats | None:
         self._own(job_key)
@@ -383,7 +433,7 @@ class TaskStateStoreLedger:
         if job_key is not None and job_key != self.job_key:
             _check_job_key(job_key)
             return 0
-        with self._lock:
+        with self._io, self._lock:
             if self._created is None or self._updated > cutoff:
                 return 0
             self._delete(HEAD_KEY)
@@ -391,7 +441,9 @@ class TaskStateStoreLedger:
                 self._delete(chunk_key(index))
             self._delete(PENDING_KEY)
             self._accepted = DigestSet()
-            self._chunks, self._tail = 0, []
+            self._chunks, self._head_chunks, self._tail = 0, 0, []
+            self._dirty.clear()
+            self._pending_dirty = False
             self._intents.clear()
             self._claims.clear()
             self._created, self._updated = None, 0.0

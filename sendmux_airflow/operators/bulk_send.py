@@ -86,7 +86,7 @@ class SendmuxBulkSendOperator(BaseOperator):
         custom_headers: Mapping[str, str] | None = None,
         delivery_group: str | None = None,
         max_failure_ratio: float = 0.0,
-        concurrency: int = 4,
+        concurrency: int = 8,
         sendmux_conn_id: str = SendmuxHook.default_conn_name,
         **kwargs: Any,
     ) -> None:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -178,6 +179,40 @@ def test_a_try_killed_between_any_two_writes_leaves_a_state_the_retry_reads_safe
             assert accepted == after[0], kill_at  # the pending write is the step's last
         checked += 1
     assert checked == total.writes >= 10
+
+
+class SlowStore(MemoryStore):
+    """A store whose writes take a while, as a round trip to the API server does."""
+
+    def set(self, key: str, value: Any, *, retention: timedelta | None = None) -> None:
+        time.sleep(0.005)
+        super().set(key, value, retention=retention)
+
+
+def test_concurrent_batches_share_writes_and_the_store_ends_as_memory() -> None:
+    # dispatch runs begin and finish in its worker threads: eight batches in flight
+    # share write rounds (a group commit) and the store, reloaded, holds it all.
+    store = SlowStore()
+    ledger = TaskStateStoreLedger(store, JOB, chunk_digests=250)
+    batches = [_digests(f"t{n}-", 100) for n in range(40)]
+
+    def one(n: int) -> None:
+        key = f"k-{n}"
+        assert ledger.begin(JOB, Intent(key, batches[n])) == set()
+        if n % 5 == 0:  # the server refused two: resent under a successor
+            successor = Intent(f"{key}-r", batches[n][98:], attempt=1)
+            ledger.finish(JOB, key, batches[n][:98], successor)
+        else:
+            ledger.finish(JOB, key, batches[n])
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(40)))
+    assert store.writes < 2 * 40 + 40 * 100 // 250  # fewer than one round per call
+    again = TaskStateStoreLedger(store, JOB, chunk_digests=250)
+    every = sorted(d for batch in batches for d in batch)
+    expected = {d for n, batch in enumerate(batches) for d in (batch[:98] if n % 5 == 0 else batch)}
+    assert again.accepted_among(JOB, every) == ledger.accepted_among(JOB, every) == expected
+    assert {i.key for i in again.pending(JOB)} == {f"k-{n}-r" for n in range(0, 40, 5)}
 
 
 def test_values_stay_under_airflows_advised_64_kb() -> None:
