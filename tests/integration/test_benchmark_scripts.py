@@ -120,3 +120,17 @@ def test_celery_benchmark_compares_the_pack_with_the_naive_task(
     assert re.search(r"^\| pack \| 5,000 \| [1-3] \| 0 \| 0 \| 0 \|", output, re.MULTILINE), output
     assert re.search(r"^\| naive \| 30 \| [0-3] \| 0 \| \d+ \|", output, re.MULTILINE), output
     assert ("NOT met" in output) == (code == 1), output
+
+
+def test_airflow_benchmark_runs_both_patterns_and_sends_everyone_once() -> None:
+    # Two bulk runs (task state store, SQLite ledger_url) and two mapped SDK tasks,
+    # each through `airflow dags test`.
+    code, output = run_script("bench_airflow.py", "--recipients", "500", "--mapped", "2")
+    assert code in (0, 1), output
+    assert "## Airflow: one bulk task against dynamic task mapping" in output
+    assert re.search(r"ledger: task state store \| [\d,]+ \|", output), output
+    assert re.search(r"ledger: `ledger_url` \(SQLite\) \| [\d,]+ \|", output), output
+    assert re.search(r"^\| dynamic mapping, 2 tasks x one SDK send \|", output, re.M), output
+    assert "each recipient exactly once in every run; " in output
+    assert "429s: 0;" in output
+    assert ("NOT met" in output) == (code == 1), output
