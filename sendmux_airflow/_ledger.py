@@ -58,10 +58,14 @@ _T = TypeVar("_T")
 PREFIX = "sendmux_ledger"
 HEAD_KEY = f"{PREFIX}/head"
 PENDING_KEY = f"{PREFIX}/pending"
-#: Digests per accepted chunk: 16 hex characters each, 48,000 characters for
-#: 3,000, under ``[state_store] max_value_storage_bytes`` (65,535 by default).
-CHUNK_DIGESTS = 3000
-_VERSION = 1
+#: Digests per accepted chunk: 16 hex characters each, 32,000 characters for
+#: 2,000, under ``[state_store] max_value_storage_bytes`` (65,535 by default)
+#: with room in the pending value, which carries the tail (a chunk's worth at
+#: most) beside the intents in flight.
+CHUNK_DIGESTS = 2000
+#: 2: full chunks only, the tail in the pending value (1: the last chunk
+#: rewritten while it had room; still read).
+_VERSION = 2
 
 
 def chunk_key(index: int) -> str:
@@ -98,20 +102,23 @@ class TaskStateStoreLedger:
     ``begin`` / ``finish`` writes through. Keys (JSON values)::
 
         sendmux_ledger/head          {"version", "job_key", "chunks", "created", "updated"}
-        sendmux_ledger/accepted/<n>  accepted digests, hex, at most ``chunk_digests`` each
-        sendmux_ledger/pending       {"job_key", "created", "updated", "intents": [...]}
+        sendmux_ledger/accepted/<n>  accepted digests, hex, ``chunk_digests`` each (full)
+        sendmux_ledger/pending       {"job_key", "created", "updated", "intents": [...],
+                                      "tail": the accepted digests in no chunk yet, hex}
 
-    Accepted chunks are append-only: ``finish`` rewrites the last chunk
-    (while it has room) or writes a new one, then the head that counts it;
-    the head is the only place the chunk count lives, so a chunk written by a
-    try killed before its head is ignored, and the intent it belonged to is
-    still pending and replays under its key. The pending intents (what was
-    in flight: ``concurrency`` batches and their resends, ~1.7 KB each) are
-    one value, so adding one (``begin``) and clearing one while recording its
-    successor (``finish``) are each one atomic write, always made *after*
-    the accepted digests: a member found both accepted and pending is one
-    whose answer was half recorded, and its replay under the recorded key
-    gets the server's stored answer back.
+    Accepted digests go to the *tail*, which rides in the pending value, so
+    recording an answer (the tail grown, the intent cleared, its successor
+    added) is one atomic write; a tail that reaches ``chunk_digests`` leaves
+    as a full chunk, written before the head that counts it, which is
+    written before the pending value that no longer holds those digests.
+    The head is the only place the chunk count lives, so a chunk written by
+    a try killed before its head is ignored (its digests are still in the
+    stored tail, or their intents still pending). The pending intents (what
+    was in flight: ``concurrency`` batches and their resends, ~1.7 KB
+    each) and the tail are one value, so ``begin`` and ``finish`` are each
+    one write but for the chunk and head of a full tail; a member found
+    both accepted and pending is one whose answer was half recorded, and
+    its replay under the recorded key gets the server's stored answer back.
 
     ``retention`` is passed to every write (None: Airflow's
     ``[state_store] default_retention_days``); a chunk the head counts but the
@@ -157,7 +164,7 @@ class TaskStateStoreLedger:
         self._accepted = DigestSet()
         self._chunks = 0  # chunks in memory, the last one the tail
         self._head_chunks = 0  # chunks the stored head counts
-        self._tail: list[int] = []  # the digests of the last chunk
+        self._tail: list[int] = []  # accepted, in no chunk yet: kept in the pending value
         #: Chunks changed since the last write (index -> digests); a full one is
         #: kept only until it is written.
         self._dirty: dict[int, list[int]] = {}
@@ -214,7 +221,10 @@ class TaskStateStoreLedger:
             digests = _unhex(text)
             for digest in digests:
                 self._accepted.add(digest)
-            if index == self._chunks - 1:
+            if index == self._chunks - 1 and len(digests) < self.chunk_digests:
+                # A last chunk with room (written by version 1): it becomes the tail
+                # again, and is rewritten whole, at its index, once full.
+                self._chunks -= 1
                 self._tail = digests
         if pending is not None:
             created = float(pending["created"])
@@ -222,6 +232,10 @@ class TaskStateStoreLedger:
             self._updated = max(self._updated, float(pending["updated"]))
             for data in pending["intents"]:
                 self._hold(Intent.from_json(data))
+            tail = [d for d in _unhex(str(pending.get("tail", ""))) if d not in self._accepted]
+            for digest in tail:
+                self._accepted.add(digest)
+            self._tail.extend(tail)
 
     def _hold(self, intent: Intent) -> None:
         self._intents[intent.key] = intent
@@ -255,24 +269,22 @@ class TaskStateStoreLedger:
             "created": self._created,
             "updated": now,
             "intents": [intent.to_json() for intent in self._intents.values()],
+            "tail": _hex(self._tail),
         }
 
     def _add_accepted(self, digests: Sequence[int]) -> None:
-        """Append those of ``digests`` not yet accepted to the tail chunk (memory)."""
+        """Add those of ``digests`` not yet accepted to the tail; full chunks leave it."""
         new = list(dict.fromkeys(d for d in digests if d not in self._accepted))
-        if self._chunks == 0 and new:
-            self._chunks = 1
-        while new:
-            room = self.chunk_digests - len(self._tail)
-            if room <= 0:
-                self._chunks, self._tail = self._chunks + 1, []
-                continue
-            self._tail.extend(new[:room])
-            for digest in new[:room]:
-                self._accepted.add(digest)
-            new = new[room:]
-            # The same list object while it is the tail: a later append is written too.
-            self._dirty[self._chunks - 1] = self._tail
+        if not new:
+            return
+        for digest in new:
+            self._accepted.add(digest)
+        self._tail.extend(new)
+        self._pending_dirty = True  # the tail rides in the pending value
+        while len(self._tail) >= self.chunk_digests:
+            full, self._tail = self._tail[: self.chunk_digests], self._tail[self.chunk_digests :]
+            self._dirty[self._chunks] = full
+            self._chunks += 1
 
     def _changed(self) -> int:
         self._version += 1
@@ -295,7 +307,7 @@ class TaskStateStoreLedger:
                 chunks = [(index, _hex(self._dirty[index])) for index in sorted(self._dirty)]
                 dirty, self._dirty = self._dirty, {}
                 head: dict[str, Any] | None = None
-                if self._chunks != self._head_chunks:
+                if self._chunks > self._head_chunks:
                     assert self._created is not None
                     head = {
                         "version": _VERSION,
@@ -437,7 +449,7 @@ class TaskStateStoreLedger:
             if self._created is None or self._updated > cutoff:
                 return 0
             self._delete(HEAD_KEY)
-            for index in range(self._chunks):
+            for index in range(max(self._chunks, self._head_chunks)):
                 self._delete(chunk_key(index))
             self._delete(PENDING_KEY)
             self._accepted = DigestSet()

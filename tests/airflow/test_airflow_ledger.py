@@ -25,7 +25,14 @@ import pytest
 from airflow_home import DAGS_FOLDER, airflow_env, run_airflow
 
 from sendmux_airflow import TaskStateStoreLedger, ledger_for
-from sendmux_airflow._ledger import HEAD_KEY, PENDING_KEY, chunk_key, ledger_from_url
+from sendmux_airflow._ledger import (
+    CHUNK_DIGESTS,
+    HEAD_KEY,
+    PENDING_KEY,
+    _hex,
+    chunk_key,
+    ledger_from_url,
+)
 from sendmux_dispatch import Ledger, SqliteLedger
 from sendmux_dispatch.errors import LedgerUnavailableError
 from sendmux_dispatch.keys import job_key_for
@@ -99,6 +106,14 @@ def _state(ledger: TaskStateStoreLedger) -> tuple[set[int], dict[str, tuple[tupl
     return ledger.accepted_among(JOB, sorted(every)), pending
 
 
+def _accepted_in(rows: dict[str, Any]) -> int:
+    """Recipients a task state store's rows record as accepted: full chunks and the tail."""
+    chunks = rows.get(HEAD_KEY, {}).get("chunks", 0)  # no head until a chunk is full
+    return sum(len(rows[chunk_key(i)]) // 16 for i in range(chunks)) + (
+        len(rows[PENDING_KEY]["tail"]) // 16
+    )
+
+
 def test_ledger_keeps_the_protocol_and_survives_a_reload() -> None:
     store = MemoryStore()
     ledger = TaskStateStoreLedger(store, JOB, chunk_digests=4, retention=timedelta(days=3))
@@ -121,11 +136,13 @@ def test_ledger_keeps_the_protocol_and_survives_a_reload() -> None:
     assert (stats.accepted, stats.pending, stats.oldest_pending) == (9, 0, None)
     assert ledger.jobs() == [stats]
 
-    # A new try reads it all back: 9 digests over three chunks, as the head says.
+    # A new try reads it all back: 9 digests, two full chunks as the head says and
+    # the ninth in the tail, which rides in the pending value.
     again = TaskStateStoreLedger(store, JOB, chunk_digests=4)
     assert _state(again) == (accepted, pending)
-    assert json.loads(store.values[HEAD_KEY])["chunks"] == 3
-    assert set(store.values) == {HEAD_KEY, PENDING_KEY, *(chunk_key(i) for i in range(3))}
+    assert json.loads(store.values[HEAD_KEY])["chunks"] == 2
+    assert len(json.loads(store.values[PENDING_KEY])["tail"]) == 16
+    assert set(store.values) == {HEAD_KEY, PENDING_KEY, *(chunk_key(i) for i in range(2))}
     assert set(store.retentions) == {timedelta(days=3)}
     # No address in any value: digests only.
     assert "example.com" not in json.dumps(store.values)
@@ -218,7 +235,8 @@ def test_concurrent_batches_share_writes_and_the_store_ends_as_memory() -> None:
 def test_values_stay_under_airflows_advised_64_kb() -> None:
     store = MemoryStore()
     ledger = TaskStateStoreLedger(store, JOB)
-    digests = _digests("big", 3100)
+    # The largest value is the pending one with a tail one short of a chunk.
+    digests = _digests("big", CHUNK_DIGESTS * 2 - 1)
     for start in range(0, len(digests), 100):
         batch = digests[start : start + 100]
         assert ledger.begin(JOB, Intent(f"k-{start}", batch)) == set()
@@ -226,11 +244,36 @@ def test_values_stay_under_airflows_advised_64_kb() -> None:
     for start in range(8):  # a wide job's batches in flight, 100 members each
         ledger.begin(JOB, Intent(f"p-{start}", _digests(f"p{start}-", 100)))
     sizes = {key: len(text) for key, text in store.values.items()}
-    assert set(sizes) == {HEAD_KEY, PENDING_KEY, chunk_key(0), chunk_key(1)}
+    assert set(sizes) == {HEAD_KEY, PENDING_KEY, chunk_key(0)}
+    assert len(json.loads(store.values[PENDING_KEY])["tail"]) == (CHUNK_DIGESTS - 1) * 16
     assert max(sizes.values()) < 65_535, sizes
     again = TaskStateStoreLedger(store, JOB)
     assert again.accepted_among(JOB, digests) == set(digests)
     assert len(again.pending(JOB)) == 8
+
+
+def test_a_version_1_ledger_with_a_partial_last_chunk_is_read_and_carried_on() -> None:
+    # Version 1 rewrote the last chunk while it had room and kept no tail.
+    store = MemoryStore()
+    first, second = _digests("v1a", 4), _digests("v1b", 2)
+    store.values = {
+        HEAD_KEY: json.dumps(
+            {"version": 1, "job_key": JOB, "chunks": 2, "created": 1.0, "updated": 2.0}
+        ),
+        chunk_key(0): json.dumps(_hex(first)),
+        chunk_key(1): json.dumps(_hex(second)),
+        PENDING_KEY: json.dumps({"job_key": JOB, "created": 1.0, "updated": 2.0, "intents": []}),
+    }
+    ledger = TaskStateStoreLedger(store, JOB, chunk_digests=4)
+    more = _digests("v1c", 3)
+    assert ledger.accepted_among(JOB, [*first, *second, *more]) == {*first, *second}
+    assert ledger.begin(JOB, Intent("k-more", more)) == set()
+    ledger.finish(JOB, "k-more", more)
+    # Chunk 1 rewritten whole at its index, the head unchanged, one digest in the tail.
+    assert len(json.loads(store.values[chunk_key(1)])) == 4 * 16
+    assert json.loads(store.values[HEAD_KEY])["chunks"] == 2
+    again = TaskStateStoreLedger(store, JOB, chunk_digests=4)
+    assert again.accepted_among(JOB, [*first, *second, *more]) == {*first, *second, *more}
 
 
 def test_a_ledger_missing_a_chunk_refuses_to_be_used() -> None:
@@ -394,16 +437,16 @@ def test_send_task_failing_half_way_then_retried_on_an_edited_list_mails_everyon
     snapshot = json.loads(files["snapshot"].read_text())
     assert snapshot["try_number"] == 1
     left = snapshot["rows"]
-    first_accepted = sum(len(left[chunk_key(i)]) // 16 for i in range(left[HEAD_KEY]["chunks"]))
+    first_accepted = _accepted_in(left)
     assert first_accepted in (150, 200)
     assert len(left[PENDING_KEY]["intents"]) == 3
     # Airflow 3.3.2: the retry callback's own accessor reads nothing (its try's task
     # instance id is gone by then), though the rows are there for the next try.
     assert snapshot["accessor_head"] is None
     # Everyone the server accepted is recorded, nothing is left pending.
-    assert store[HEAD_KEY]["job_key"] == job_key
+    assert store[PENDING_KEY]["job_key"] == job_key
     assert store[PENDING_KEY]["intents"] == []
-    accepted = sum(len(store[chunk_key(i)]) // 16 for i in range(store[HEAD_KEY]["chunks"]))
+    accepted = _accepted_in(store)
     assert accepted == stats["unique_recipients"] == len(counts)
     summary = _xcom_summary(dag.dag_id, dagrun.run_id)
     assert summary["already_accepted"] >= first_accepted - len(removed)
@@ -498,7 +541,7 @@ def test_bulk_task_killed_mid_send_then_rerun_on_an_edited_file_mails_everyone_o
     assert stats["duplicate_deliveries"] == 0
     store = _task_state_store(dag_id, run_id, "send")
     assert store[PENDING_KEY]["intents"] == []
-    accepted = sum(len(store[chunk_key(i)]) // 16 for i in range(store[HEAD_KEY]["chunks"]))
+    accepted = _accepted_in(store)
     assert accepted == stats["unique_recipients"] == len(counts)
     log = done.stdout + done.stderr
     assert "already accepted" in log
