@@ -25,7 +25,9 @@ from sendmux_dispatch.models import TERMINAL_STATUSES, DeliveryLog
 from sendmux_dispatch.models.api_limits import MANAGEMENT_REQUESTS_PER_WINDOW
 
 __all__ = [
+    "BAD_STATUSES",
     "DEFAULT_REQUESTS_PER_MINUTE",
+    "MAX_LISTED_FAILURES",
     "POLICIES",
     "DeliveryTracker",
     "Lookup",
@@ -33,6 +35,7 @@ __all__ = [
     "acheck_delivery",
     "check_delivery",
     "message_id_list",
+    "rendered_value",
     "requests_per_check",
 ]
 
@@ -44,7 +47,19 @@ DEFAULT_REQUESTS_PER_MINUTE = MANAGEMENT_REQUESTS_PER_WINDOW // 2
 MAX_LISTED_FAILURES = 20
 #: Logs read from one search page: a search by ``eml_`` id should match one.
 _SEARCH_PAGE = 10
-_BAD = ("failed", "rejected")
+#: The terminal statuses a policy acts on.
+BAD_STATUSES = ("failed", "rejected")
+
+
+def rendered_value(text: str) -> Any:
+    """What a template rendered an XCom to: JSON, else a Python literal; ValueError if neither."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise ValueError(text) from None
 
 
 def message_id_list(value: Any) -> list[str]:
@@ -53,14 +68,11 @@ def message_id_list(value: Any) -> list[str]:
         text = value.strip()
         if text.startswith("["):
             try:
-                value = json.loads(text)
+                value = rendered_value(text)
             except ValueError:
-                try:
-                    value = ast.literal_eval(text)
-                except (ValueError, SyntaxError):
-                    raise ValueError(
-                        f"message_ids: cannot read {text[:60]!r} as a list of message ids"
-                    ) from None
+                raise ValueError(
+                    f"message_ids: cannot read {text[:60]!r} as a list of message ids"
+                ) from None
         else:
             value = text.split(",")
     if isinstance(value, dict) and "message_ids" in value:
@@ -158,7 +170,7 @@ class DeliveryTracker:
     def done(self) -> bool:
         """Every message terminal; with policy ``fail``, also once one failed or was rejected."""
         statuses = self._status.values()
-        if self.policy == "fail" and any(s in _BAD for s in statuses):
+        if self.policy == "fail" and any(s in BAD_STATUSES for s in statuses):
             return True
         return all(s in TERMINAL_STATUSES for s in statuses)
 
@@ -168,7 +180,7 @@ class DeliveryTracker:
         failures: list[dict[str, Any]] = []
         for message_id, status in self._status.items():
             counts[status] += 1
-            if status in _BAD and len(failures) < MAX_LISTED_FAILURES:
+            if status in BAD_STATUSES and len(failures) < MAX_LISTED_FAILURES:
                 reason = self._reason.get(message_id)
                 failures.append({"message_id": message_id, "status": status, "reason": reason})
         return {

@@ -25,13 +25,12 @@ Everything a tracker reports or saves is plain JSON.
 
 from __future__ import annotations
 
-import ast
 import datetime as dt
-import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
+from sendmux_airflow._delivery import BAD_STATUSES, MAX_LISTED_FAILURES, Policy, rendered_value
 from sendmux_dispatch.client import AsyncSendmuxClient, LogsPage, SendmuxClient
 from sendmux_dispatch.models import DeliveryLog
 
@@ -43,15 +42,12 @@ __all__ = [
     "check_window",
 ]
 
-Policy = Literal["fail", "warn", "ignore"]
-
 #: Seconds the window is widened each side: the worker's clock against the API's.
 DEFAULT_SLACK = 5.0
 #: Logs per request: the logs API's largest page.
 _PAGE = 100
 #: What each sweep after the census pages through, in this order.
-_OPEN_SWEEPS = ("pending", "failed", "rejected")
-MAX_LISTED_FAILURES = 20
+_OPEN_SWEEPS = ("pending", *BAD_STATUSES)
 
 
 def _instant(name: str, value: object) -> dt.datetime:
@@ -87,15 +83,12 @@ class SendWindow:
         if isinstance(value, str):
             text = value.strip()
             try:
-                value = json.loads(text)
+                value = rendered_value(text)
             except ValueError:
-                try:
-                    value = ast.literal_eval(text)
-                except (ValueError, SyntaxError):
-                    raise ValueError(
-                        f"send_window: cannot read {text[:60]!r} as the bulk send's window "
-                        "(pass bulk.output['send_window'])"
-                    ) from None
+                raise ValueError(
+                    f"send_window: cannot read {text[:60]!r} as the bulk send's window "
+                    "(pass bulk.output['send_window'])"
+                ) from None
         if not isinstance(value, Mapping):
             raise ValueError(
                 "send_window must be the bulk send's window, a dict with from_date, to_date "
@@ -186,7 +179,7 @@ class WindowTracker:
             if not self._ours(log):
                 continue
             self._counting[log.status] = self._counting.get(log.status, 0) + 1
-            if log.status in ("failed", "rejected"):
+            if log.status in BAD_STATUSES:
                 self._note_failure(log)
         self._cursor = page.next_cursor
         if self._cursor is None:
