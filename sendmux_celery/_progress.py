@@ -27,12 +27,12 @@ import os
 import re
 import threading
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
-from sendmux_celery._results import BatchSummary, ErrorInfo
+from sendmux_celery._results import BatchSummary
 from sendmux_celery._settings import SettingsError
-from sendmux_celery._stop import JobStop
-from sendmux_dispatch.report import DEFAULT_MAX_FAILURES, StopCause
+from sendmux_celery._stop import JobStop, stop_from_fields
+from sendmux_dispatch.report import DEFAULT_MAX_FAILURES
 
 __all__ = ["PROGRESS_TTL_SECONDS", "ProgressStore", "job_id", "progress_url"]
 
@@ -101,12 +101,6 @@ end
 for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, tonumber(ARGV[3])) end
 return first
 """
-
-
-def _job_stop(cause: bytes, reason: bytes, error: bytes) -> JobStop:
-    return JobStop(
-        cast("StopCause", cause.decode()), reason.decode(), cast("ErrorInfo", json.loads(error))
-    )
 
 
 _NOT_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
@@ -193,7 +187,7 @@ class ProgressStore:
         )
         if int(answer[0]) != -1:
             return None
-        return _job_stop(answer[1], answer[2], answer[3])
+        return stop_from_fields(answer[1], answer[2], answer[3])
 
     def stop(self, job: str, batch_key: str, stop: JobStop) -> bool:
         """Record that the job stops (the first stop wins); False for a batch not of this run."""
@@ -216,7 +210,7 @@ class ProgressStore:
         cause, reason, error = self._redis.hmget(
             self.keys(job)["meta"], "stop_cause", "stopped_reason", "stop_error"
         )
-        return None if cause is None else _job_stop(cause, reason or b"", error or b"{}")
+        return None if cause is None else stop_from_fields(cause, reason or b"", error or b"{}")
 
     def set_plan(self, job: str, totals: Mapping[str, int | str]) -> None:
         """Planning totals (overwritten by every update: a re-run writes the same values)."""

@@ -17,18 +17,14 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 import redis
 
 from sendmux_celery._progress import ProgressStore
 from sendmux_celery._results import BatchSummary
-from sendmux_celery._stop import JobStop
+from sendmux_celery._stop import JobStop, stop_from_fields
 from sendmux_dispatch.report import DEFAULT_MAX_FAILURES
-
-if TYPE_CHECKING:
-    from sendmux_celery._results import ErrorInfo
-    from sendmux_dispatch.report import StopCause
 
 __all__ = ["SqliteProgressError", "SqliteProgressStore", "sqlite_path"]
 
@@ -68,10 +64,8 @@ def _stop_of(db: sqlite3.Connection, job: str) -> JobStop | None:
     )
     if "stop_cause" not in rows:
         return None
-    return JobStop(
-        cast("StopCause", rows["stop_cause"]),
-        str(rows.get("stopped_reason", "")),
-        cast("ErrorInfo", json.loads(rows.get("stop_error") or "{}")),
+    return stop_from_fields(
+        rows["stop_cause"], rows.get("stopped_reason", ""), rows.get("stop_error", "")
     )
 
 

@@ -14,13 +14,22 @@ stop sees it too and reports the batch ``not_sent`` without a request.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import cast
 
 from sendmux_celery._results import BatchSummary, ErrorInfo
 from sendmux_dispatch.errors import SendmuxError
 from sendmux_dispatch.report import StopCause
 
-__all__ = ["JobStop", "JobStoppedError", "stop_for", "stopped_error", "stopped_message"]
+__all__ = [
+    "JobStop",
+    "JobStoppedError",
+    "stop_for",
+    "stop_from_fields",
+    "stopped_error",
+    "stopped_message",
+]
 
 # Statuses after which the same key gets the same answer for every batch.
 _CAUSES: dict[int, StopCause] = {401: "auth", 403: "auth", 402: "credits"}
@@ -35,6 +44,17 @@ class JobStop:
     cause: StopCause
     reason: str
     error: ErrorInfo
+
+
+def stop_from_fields(cause: str | bytes, reason: str | bytes, error: str | bytes) -> JobStop:
+    """A stop as a progress store keeps it: three text fields (Redis answers bytes)."""
+
+    def text(value: str | bytes) -> str:
+        return value.decode() if isinstance(value, bytes) else value
+
+    return JobStop(
+        cast("StopCause", text(cause)), text(reason), cast("ErrorInfo", json.loads(error or "{}"))
+    )
 
 
 class JobStoppedError(SendmuxError):
