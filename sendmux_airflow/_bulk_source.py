@@ -31,13 +31,11 @@ from sendmux_dispatch.recipients import (
     read_jsonl,
     recipient_from_mapping,
 )
+from sendmux_dispatch.recipients import file_format as recipient_file_format
 
-__all__ = ["FORMATS", "file_recipients", "list_recipients", "with_shared"]
+__all__ = ["file_recipients", "list_recipients", "with_shared"]
 
 Item = Recipient | RecipientFailure
-
-#: The file formats, by the suffixes that name them.
-FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
 def _format_of(name: str, file_format: str | None) -> str:
@@ -46,13 +44,14 @@ def _format_of(name: str, file_format: str | None) -> str:
         if chosen not in ("csv", "jsonl"):
             raise AirflowFailException(f"file_format must be 'csv' or 'jsonl', not {file_format!r}")
         return chosen
-    suffix = PurePosixPath(name).suffix.lower()
-    if suffix not in FORMATS:
+    found = recipient_file_format(name)
+    if found is None:
+        suffix = PurePosixPath(name).suffix.lower()
         raise AirflowFailException(
             f"recipients_file: cannot tell the format of {name!r} from its suffix "
             f"({suffix or 'none'}); name it .csv or .jsonl, or set file_format='csv' or 'jsonl'"
         )
-    return FORMATS[suffix]
+    return found
 
 
 @contextlib.contextmanager

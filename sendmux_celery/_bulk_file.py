@@ -22,6 +22,7 @@ from sendmux_celery._task import SendmuxTask
 from sendmux_dispatch.errors import SendmuxError
 from sendmux_dispatch.personalize import Personalizer
 from sendmux_dispatch.recipients import Recipient, RecipientFailure, read_csv, read_jsonl
+from sendmux_dispatch.recipients import file_format as recipient_file_format
 
 __all__ = ["FORMATS", "PROGRESS", "BulkFileError", "send_bulk_file"]
 
@@ -51,7 +52,7 @@ def _reader(
     source = Path(path)
     chosen = file_format
     if chosen is None:
-        chosen = "jsonl" if source.suffix.lower() in (".jsonl", ".ndjson") else "csv"
+        chosen = "jsonl" if recipient_file_format(source) == "jsonl" else "csv"
     encoding = options.get("encoding", "utf-8")
     if chosen == "jsonl":
         return read_jsonl(source, encoding=encoding)

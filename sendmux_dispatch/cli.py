@@ -46,6 +46,7 @@ from sendmux_dispatch.recipients import (
     ReadStats,
     Recipient,
     RecipientFailure,
+    file_format,
     read_csv,
     read_jsonl,
 )
@@ -266,7 +267,7 @@ def _results_path(args: argparse.Namespace) -> Path | None:
 
 
 def _is_jsonl(path: Path) -> bool:
-    return path.suffix.lower() in (".jsonl", ".ndjson")
+    return file_format(path) == "jsonl"
 
 
 def _reader(

@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from pydantic import ValidationError as PydanticValidationError
 
@@ -54,6 +54,7 @@ __all__ = [
     "Recipient",
     "RecipientFailure",
     "RecipientFile",
+    "file_format",
     "iter_recipients",
     "normalize_email",
     "read_csv",
@@ -266,6 +267,22 @@ class ReadStats:
 
 #: Delimiters tried, in this order, when none is given.
 _SNIFFED_DELIMITERS = (",", ";", "\t", "|")
+
+#: The recipient file formats, by the suffixes that name them.
+_FORMATS: dict[str, Literal["csv", "jsonl"]] = {
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+}
+
+
+def file_format(name: str | os.PathLike[str]) -> Literal["csv", "jsonl"] | None:
+    """``"csv"`` or ``"jsonl"`` from a file name's suffix (any case); None for another one.
+
+    The CLI, the Airflow bulk operator and the Celery bulk-file task all ask
+    this; each decides what an unknown suffix means (CSV, or an error).
+    """
+    return _FORMATS.get(os.path.splitext(os.fspath(name))[1].lower())
 
 
 def sniff_delimiter(header_line: str, email_column: str = "email") -> str:

@@ -68,3 +68,15 @@ def test_read_jsonl_reads_handles_with_a_chosen_email_key() -> None:
     assert isinstance(missing, RecipientFailure)
     assert missing.code == "missing_email"
     assert "'to'" in missing.reason
+
+
+def test_file_format_comes_from_the_suffix_in_any_case() -> None:
+    from pathlib import Path
+
+    from sendmux_dispatch.recipients import file_format
+
+    assert file_format("list.CSV") == "csv"
+    assert file_format(Path("/data/list.jsonl")) == "jsonl"
+    assert file_format("s3://bucket/list.ndjson") == "jsonl"
+    assert file_format("list.txt") is None
+    assert file_format("list") is None
