@@ -8,6 +8,8 @@ its guarantee ends: docs/ledger.md.
 
 - :class:`Ledger`: the protocol dispatch calls (blocking; the async driver
   calls it through ``asyncio.to_thread``).
+- :class:`GroupCommitLedger`: a ledger that stores many batch events in one
+  write (:func:`record`); dispatch's ledger writer uses it when it can.
 - :class:`SqliteLedger`: one file, WAL mode, the processes of one machine.
 - :class:`RedisLedger`: many workers on many machines (the ``redis`` extra).
 
@@ -18,16 +20,21 @@ Only 64-bit digests of normalised addresses are stored
 from sendmux_dispatch.errors import LedgerUnavailableError
 from sendmux_dispatch.ledger._base import (
     DEFAULT_UNAVAILABLE_AFTER,
+    Finish,
+    GroupCommitLedger,
     Intent,
     JobStats,
     Ledger,
     recipient_digest,
+    record,
 )
 from sendmux_dispatch.ledger._redis import RedisLedger
 from sendmux_dispatch.ledger._sqlite import SqliteLedger
 
 __all__ = [
     "DEFAULT_UNAVAILABLE_AFTER",
+    "Finish",
+    "GroupCommitLedger",
     "Intent",
     "JobStats",
     "Ledger",
@@ -35,4 +42,5 @@ __all__ = [
     "RedisLedger",
     "SqliteLedger",
     "recipient_digest",
+    "record",
 ]

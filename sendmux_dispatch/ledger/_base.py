@@ -15,10 +15,13 @@ from sendmux_dispatch.errors import LedgerUnavailableError
 
 __all__ = [
     "DEFAULT_UNAVAILABLE_AFTER",
+    "Finish",
+    "GroupCommitLedger",
     "Intent",
     "JobStats",
     "Ledger",
     "recipient_digest",
+    "record",
 ]
 
 logger = logging.getLogger("sendmux_dispatch.ledger")
@@ -212,6 +215,51 @@ class Ledger(Protocol):
     def close(self) -> None:
         """Release connections; the ledger must not be used afterwards."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """One :meth:`Ledger.finish` call, as :func:`record` takes several at once."""
+
+    key: str
+    accepted: Sequence[int]
+    successor: Intent | None = None
+
+
+@runtime_checkable
+class GroupCommitLedger(Ledger, Protocol):
+    """A ledger that can store many batch events in one write (both built-in backends do).
+
+    Dispatch's ledger writer hands it, per write round, every answer and
+    every new batch queued since the last round (docs/ledger.md, "Group
+    commit"); a store without it gets the same calls one by one
+    (:func:`record`).
+    """
+
+    def record(
+        self, job_key: str, finishes: Sequence[Finish], begins: Sequence[Intent]
+    ) -> list[set[int]]:
+        """``finish`` each of ``finishes`` in order, then ``begin`` each of ``begins``.
+
+        Returns ``begin``'s answer for each of ``begins`` (the members taken,
+        an empty set when it was recorded), exactly as the calls one by one
+        would, a begin seeing the finishes and the begins before it. Either
+        every call is stored or the method raises; a raise may leave some of
+        them stored, which is safe to repeat (``begin`` of a recorded intent
+        and ``finish`` of a finished one change nothing).
+        """
+        ...
+
+
+def record(
+    ledger: Ledger, job_key: str, finishes: Sequence[Finish], begins: Sequence[Intent]
+) -> list[set[int]]:
+    """``ledger.record`` when it has one (:class:`GroupCommitLedger`), else the calls one by one."""
+    if isinstance(ledger, GroupCommitLedger):
+        return ledger.record(job_key, finishes, begins)
+    for finish in finishes:
+        ledger.finish(job_key, finish.key, finish.accepted, finish.successor)
+    return [ledger.begin(job_key, intent) for intent in begins]
 
 
 class Retrier:
