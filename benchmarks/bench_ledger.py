@@ -67,7 +67,7 @@ from bench_render import TEMPLATE, rows
 
 from sendmux_dispatch import Ledger, RedisLedger, SendmuxClient, SqliteLedger, dispatch
 from sendmux_dispatch.batching import LedgerStage, PlannedBatch, plan_batches
-from sendmux_dispatch.ledger import Intent
+from sendmux_dispatch.ledger import Intent, LedgerWriter
 
 SECTION = "ledger"
 THROUGHPUT_TARGET = 0.90
@@ -84,6 +84,13 @@ def _record(ledger: Ledger, job_key: str, batch: PlannedBatch) -> None:
     ledger.finish(job_key, batch.idempotency_key, digests)
 
 
+def _send(writer: LedgerWriter, batch: PlannedBatch, begun: Future[set[int]]) -> None:
+    """A batch's worker, as dispatch's: wait for its begin, then queue its answer."""
+    if begun.result():
+        raise SystemExit("begin found members taken on a fresh job key: fix that first")
+    writer.finish(batch.idempotency_key, batch.digests)
+
+
 def run_pipeline(
     n: int,
     ledger: Ledger | None,
@@ -96,6 +103,13 @@ def run_pipeline(
     ``lookups``: a job the ledger already holds records of (a resumed one),
     where planning asks it about every chunk of 100; without, a first run,
     where dispatch skips them (``begin`` still checks every member).
+
+    With a ``pool``, the ledger path is dispatch's: each batch begun through
+    the job's :class:`LedgerWriter` as the planner takes it, at most
+    ``CONCURRENCY`` begun batches waiting to be handed over and
+    ``CONCURRENCY`` in flight; the worker waits for its begin and queues its
+    finish without waiting; the writer flushed at the end. Without a pool,
+    ``begin`` and ``finish`` are called in the planning thread (context).
     """
     job_key = f"bench-ledger-{next(_keys)}-{uuid.uuid4().hex[:8]}"
     stage = (
@@ -103,8 +117,18 @@ def run_pipeline(
         if ledger is None
         else LedgerStage(partial(ledger.accepted_among, job_key), fresh=not lookups)
     )
+    writer = None if ledger is None or pool is None else LedgerWriter(ledger, job_key)
+    ready: deque[tuple[PlannedBatch, Future[set[int]]]] = deque()
     in_flight: deque[Future[None]] = deque()
     messages = 0
+
+    def hand_over() -> None:
+        assert writer is not None
+        assert pool is not None
+        if len(in_flight) >= CONCURRENCY:
+            in_flight.popleft().result()
+        in_flight.append(pool.submit(_send, writer, *ready.popleft()))
+
     for item in plan_batches(TEMPLATE, rows(n), job_key=job_key, ledger=stage):
         if not isinstance(item, PlannedBatch):
             raise SystemExit(f"the pipeline did not plan every row ({item!r}); fix that first")
@@ -112,14 +136,19 @@ def run_pipeline(
         messages += len(item)
         if ledger is None:
             continue
-        if pool is None:
+        if writer is None:
             _record(ledger, job_key, item)
             continue
-        if len(in_flight) >= CONCURRENCY:
-            in_flight.popleft().result()
-        in_flight.append(pool.submit(_record, ledger, job_key, item))
+        ready.append((item, writer.begin(Intent(item.idempotency_key, item.digests))))
+        while ready and (len(in_flight) < CONCURRENCY or len(ready) > CONCURRENCY):
+            hand_over()
+    while ready:
+        hand_over()
     for future in in_flight:
         future.result()
+    if writer is not None:
+        writer.flush()
+        writer.close()
     if messages != n:
         raise SystemExit(f"planned {messages} of {n} messages; fix that first")
     return messages

@@ -32,6 +32,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -64,7 +65,7 @@ from sendmux_dispatch.errors import (
     TransportError,
     ValidationError,
 )
-from sendmux_dispatch.ledger import Intent, Ledger
+from sendmux_dispatch.ledger import Intent, Ledger, LedgerWriter
 from sendmux_dispatch.models import Balance, BatchItem, BatchResult, Me
 from sendmux_dispatch.pacing import Pacer, RateLimitState
 from sendmux_dispatch.personalize import Personalizer
@@ -196,7 +197,14 @@ class _Call:
     function: Callable[[], object]
 
 
-_Step = _Send | _Sleep | _Call
+@dataclass(frozen=True, slots=True)
+class _Wait:
+    """Wait for a ledger writer's future: the reply is its result, or its SendmuxError."""
+
+    future: Future[set[int]] | Future[None]
+
+
+_Step = _Send | _Sleep | _Call | _Wait
 _Steps = Generator[_Step, object, None]
 
 
@@ -509,20 +517,22 @@ def _issues_by_index(error: ValidationError) -> dict[int, str]:
 
 
 def _begin(
-    batch: PlannedBatch, tally: _Tally, ledger: Ledger
+    batch: PlannedBatch, tally: _Tally, writer: LedgerWriter, begun: Future[set[int]] | None
 ) -> Generator[_Step, object, PlannedBatch | None]:
     """Record ``batch`` as pending before it is sent; drop members already taken.
 
-    Returns the batch to send (rebuilt under a new content key when members
-    were dropped), or None when nothing is left to send.
+    ``begun``: its ``begin``, queued by the job loop when it took the batch
+    from the plan. Returns the batch to send (rebuilt under a new content
+    key when members were dropped), or None when nothing is left to send.
     """
     job_key = tally.report.job_key
     current = batch
     while True:
         digests = current.digests
-        reply = yield _Call(
-            partial(ledger.begin, job_key, Intent(current.idempotency_key, digests))
-        )
+        if begun is None:
+            begun = writer.begin(Intent(current.idempotency_key, digests))
+        reply = yield _Wait(begun)
+        begun = None
         if isinstance(reply, SendmuxError):
             # Never sent what could not be recorded.
             tally.whole_batch(current, Outcome.NOT_SENT, reply)
@@ -531,7 +541,7 @@ def _begin(
         if not reply:
             return current
         taken: set[int] = reply
-        found = yield _Call(partial(ledger.accepted_among, job_key, sorted(taken)))
+        found = yield _Call(partial(writer.ledger.accepted_among, job_key, sorted(taken)))
         if isinstance(found, SendmuxError):
             tally.whole_batch(current, Outcome.NOT_SENT, found)
             raise _ledger_stop(found)
@@ -551,15 +561,30 @@ def _begin(
 
 
 def _record(
-    ledger: Ledger, job_key: str, key: str, accepted: Sequence[int], successor: Intent | None = None
+    writer: LedgerWriter, key: str, accepted: Sequence[int], successor: Intent | None = None
 ) -> Generator[_Step, object, SendmuxError | None]:
-    """``finish`` the intent ``key``; the error if the ledger could not record it."""
-    reply = yield _Call(partial(ledger.finish, job_key, key, accepted, successor))
-    return reply if isinstance(reply, SendmuxError) else None
+    """``finish`` the intent ``key``; the error if the ledger could not record it.
+
+    A resend (``successor``) waits until stored: it may not leave before its
+    intent is durable. A plain answer is only queued: killed before the
+    writer stores it, its intent stays pending and the re-run replays it
+    under its key; a failure shows in the writer's ``error``, which the job
+    loop checks before each batch, so the job stops as it did when the batch
+    waited.
+    """
+    done = writer.finish(key, accepted, successor)
+    if successor is not None:
+        reply = yield _Wait(done)
+        if isinstance(reply, SendmuxError):
+            return reply
+    error = writer.error
+    if error is not None and not isinstance(error, SendmuxError):
+        raise error  # a bug, not an outage: as loud as before
+    return error
 
 
 def _batch_steps(
-    batch: PlannedBatch, tally: _Tally, options: DispatchOptions, policy: RetryPolicy
+    submit: _Submit, tally: _Tally, options: DispatchOptions, policy: RetryPolicy
 ) -> _Steps:
     """The life of one planned batch, as the steps a driver must carry out.
 
@@ -567,8 +592,7 @@ def _batch_steps(
     already recorded), ``finish`` after every definitive answer, the resend
     recorded as the successor in the same write (docs/ledger.md).
     """
-    ledger = options.ledger
-    job_key = tally.report.job_key
+    batch, ledger = submit.batch, submit.writer
     current: PlannedBatch | None = batch
     # What the ledger holds under the current key: a replay's full member
     # list, including members absent from this run's list.
@@ -577,7 +601,7 @@ def _batch_steps(
         if batch.intent is not None:
             recorded = batch.intent.digests
         else:
-            current = yield from _begin(batch, tally, ledger)
+            current = yield from _begin(batch, tally, ledger, submit.begun)
             if current is None:
                 return
             recorded = current.digests
@@ -598,7 +622,7 @@ def _batch_steps(
             tally.failure_streak(None)
             tally.whole_batch(current, Outcome.ALREADY_ACCEPTED, outcome)
             if ledger is not None:
-                error = yield from _record(ledger, job_key, current.idempotency_key, recorded)
+                error = yield from _record(ledger, current.idempotency_key, recorded)
                 if error is not None:
                     raise _ledger_stop(error)
             return
@@ -607,7 +631,7 @@ def _batch_steps(
             if ledger is not None:
                 # Refused whole: nothing accepted, the members are free again.
                 # A failed write only leaves it pending (a replay is harmless).
-                yield from _record(ledger, job_key, current.idempotency_key, ())
+                yield from _record(ledger, current.idempotency_key, ())
             raise _StopJob(
                 outcome, "credits" if isinstance(outcome, InsufficientCreditsError) else "auth"
             )
@@ -622,7 +646,7 @@ def _batch_steps(
                 # A definitive refusal of the whole request (400, 413, 422):
                 # nothing was accepted. A retryable one may have been, so its
                 # intent stays pending and the re-run replays it.
-                error = yield from _record(ledger, job_key, current.idempotency_key, ())
+                error = yield from _record(ledger, current.idempotency_key, ())
                 if error is not None:
                     raise _ledger_stop(error)
             streak = tally.failure_streak(outcome)
@@ -649,9 +673,7 @@ def _batch_steps(
                 if following is None
                 else Intent(following.idempotency_key, following.digests, attempt + 1)
             )
-            error = yield from _record(
-                ledger, job_key, current.idempotency_key, accepted, successor
-            )
+            error = yield from _record(ledger, current.idempotency_key, accepted, successor)
             if error is not None:
                 if following is not None:
                     tally.whole_batch(following, Outcome.NOT_SENT, error)
@@ -754,9 +776,15 @@ class _Fetch:
 
 @dataclass(frozen=True, slots=True)
 class _Submit:
-    """Start driving ``batch`` (its ``_batch_steps``) without waiting; the reply is ``None``."""
+    """Start driving ``batch`` (its ``_batch_steps``) without waiting; the reply is ``None``.
+
+    With a ledger, ``writer`` is the job's :class:`LedgerWriter` and ``begun``
+    the batch's ``begin`` (None for a replay, recorded already).
+    """
 
     batch: PlannedBatch
+    writer: LedgerWriter | None = None
+    begun: Future[set[int]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -805,6 +833,7 @@ class _Job:
         self.stop: _StopJob | None = None
         self.in_flight = 0
         self.batches_done = 0
+        self.writer: LedgerWriter | None = None
 
     def steps(self) -> _JobSteps:
         """The job loop, as the steps a driver must carry out; returns the report."""
@@ -833,7 +862,15 @@ class _Job:
             per_message_keys=options.per_message_keys,
             ledger=_ledger_stage(options.ledger, pending),
         )
-        held: PlannedBatch | None = None
+        writer = self.writer = (
+            None if options.ledger is None else LedgerWriter(options.ledger, self.job_key)
+        )
+        # Batches taken from the plan, not yet handed to a driver. With a ledger
+        # the plan runs up to ``concurrency`` batches ahead of the sends, each
+        # begun as it is taken: their begins share the writer's rounds while
+        # the batches before them are sent (docs/ledger.md, "Group commit").
+        ready: deque[_Submit] = deque()
+        ahead = options.concurrency if writer is not None else 0
         try:
             for item in plan:
                 if isinstance(item, Lookup):
@@ -852,33 +889,70 @@ class _Job:
                 if not isinstance(item, PlannedBatch):
                     tally.plan_item(item)
                     continue
-                held = item
-                if self.in_flight >= options.concurrency:
-                    self._settle((yield _Await(every=False)))
-                # Checked after the wait: the batch that freed the slot may have hit 401.
-                self.stop = self.stop or self.source.stop
-                if self.stop is not None:
-                    tally.whole_batch(item, Outcome.NOT_SENT, self.stop.error)
-                else:
-                    yield _Submit(item)
-                    self.in_flight += 1
-                held = None
+                ready.append(self._take(item))
+                while ready and (self.in_flight < options.concurrency or len(ready) > ahead):
+                    yield from self._hand_over(ready)
+            while ready:
+                yield from self._hand_over(ready)
         except KeyboardInterrupt:
             if not self.interruptible:
                 raise
             self.stop = self.stop or _interrupted_stop()
-            if held is not None:
-                tally.whole_batch(held, Outcome.NOT_SENT, self.stop.error)
+            while ready:
+                self._not_sent(ready.popleft())
             if self.in_flight:
                 logger.warning(
                     "interrupted: waiting for %d batches in flight (interrupt again to "
                     "abandon them)",
                     self.in_flight,
                 )
-        self.stop = self.stop or self.source.stop
+        self._check_stop()
         # A KeyboardInterrupt while waiting here propagates: the driver abandons them.
         self._settle((yield _Await(every=True)))
+        if writer is not None:
+            # Every answer stored before the report says so.
+            flushed = yield _Call(writer.flush)
+            if isinstance(flushed, SendmuxError):
+                self.stop = self.stop or _ledger_stop(flushed)
         return _finish(tally, plan.stats.recipients, plan.stats.batches, self.stop)
+
+    def _check_stop(self) -> None:
+        self.stop = self.stop or self.source.stop
+        error = None if self.writer is None else self.writer.error
+        if error is not None and not isinstance(error, SendmuxError):
+            raise error  # a bug in a ledger, not an outage: the job ends with it
+        if self.stop is None and error is not None:
+            self.stop = _ledger_stop(error)
+
+    def _take(self, batch: PlannedBatch) -> _Submit:
+        """``batch`` as it will be handed over: begun now unless it is a replay or the job stops."""
+        writer = self.writer
+        self._check_stop()
+        if writer is None or batch.intent is not None or self.stop is not None:
+            return _Submit(batch, writer)
+        return _Submit(batch, writer, writer.begin(Intent(batch.idempotency_key, batch.digests)))
+
+    def _hand_over(self, ready: deque[_Submit]) -> Generator[_JobStep, _JobReply, None]:
+        """Hand the oldest ready batch to the driver, once a slot is free; not if the job stops."""
+        submit = ready[0]
+        if self.in_flight >= self.options.concurrency:
+            self._settle((yield _Await(every=False)))
+        # Checked after the wait: the batch that freed the slot may have hit 401.
+        self._check_stop()
+        ready.popleft()
+        if self.stop is not None:
+            self._not_sent(submit)
+        else:
+            yield submit
+            self.in_flight += 1
+
+    def _not_sent(self, submit: _Submit) -> None:
+        assert self.tally is not None
+        assert self.stop is not None
+        self.tally.whole_batch(submit.batch, Outcome.NOT_SENT, self.stop.error)
+        if submit.writer is not None and submit.begun is not None:
+            # Begun ahead, never sent: not left pending for a re-run to replay.
+            submit.writer.release(submit.batch.idempotency_key, submit.begun)
 
     def _settle(self, ended: _JobReply) -> None:
         assert isinstance(ended, list)
@@ -893,10 +967,14 @@ class _Job:
             if self.options.on_progress is not None:
                 self.options.on_progress(self.tally.progress(self.batches_done))
 
-    def close(self) -> None:
-        """Close the results file; drivers call it once no batch of theirs can write."""
+    def close(self, *, abandon: bool = False) -> None:
+        """Close the results file and end the ledger writer; drivers call it once
+        no batch of theirs can write. ``abandon``: batches may still run (a second
+        Ctrl-C), so the writer's thread is left to store what it holds."""
         if self.tally is not None and self.tally.writer is not None:
             self.tally.writer.close()
+        if self.writer is not None:
+            self.writer.close(wait=not abandon)
 
 
 def _call(step: _Call) -> _JobReply:
@@ -942,7 +1020,7 @@ class Dispatcher(_DispatcherBase[SendmuxClient]):
             nonlocal in_flight
             if isinstance(step, _Submit):
                 assert job.tally is not None
-                in_flight.add(pool.submit(self._drive, step.batch, job.tally))
+                in_flight.add(pool.submit(self._drive, step, job.tally))
                 return None
             if isinstance(step, _Await):
                 done, in_flight = wait(
@@ -976,27 +1054,27 @@ class Dispatcher(_DispatcherBase[SendmuxClient]):
         except KeyboardInterrupt:
             # The second one: abandon the batches in flight, do not wait for them.
             pool.shutdown(wait=False, cancel_futures=True)
+            job.close(abandon=True)
             raise
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
-            raise
-        else:
-            pool.shutdown(wait=True)
-        finally:
             job.close()
+            raise
+        pool.shutdown(wait=True)
+        job.close()
         return report
 
-    def _drive(self, batch: PlannedBatch, tally: _Tally) -> None:
-        steps = _batch_steps(batch, tally, self.options, self.client.retry)
+    def _drive(self, submit: _Submit, tally: _Tally) -> None:
+        steps = _batch_steps(submit, tally, self.options, self.client.retry)
         step = next(steps)
         while True:
             reply: object = None
             if isinstance(step, _Sleep):
                 # The client's policy waits, so a test's no-op sleep covers resends too.
                 self.client.retry.sleep(step.seconds)
-            elif isinstance(step, _Call):
+            elif isinstance(step, _Call | _Wait):
                 try:
-                    reply = step.function()
+                    reply = step.function() if isinstance(step, _Call) else step.future.result()
                 except SendmuxError as exc:
                     reply = exc
             else:
@@ -1036,7 +1114,7 @@ class AsyncDispatcher(_DispatcherBase[AsyncSendmuxClient]):
             nonlocal in_flight
             if isinstance(step, _Submit):
                 assert job.tally is not None
-                in_flight.add(asyncio.ensure_future(self._drive(step.batch, job.tally)))
+                in_flight.add(asyncio.ensure_future(self._drive(step, job.tally)))
                 return None
             if isinstance(step, _Await):
                 if not in_flight:  # asyncio.wait refuses an empty set
@@ -1072,8 +1150,8 @@ class AsyncDispatcher(_DispatcherBase[AsyncSendmuxClient]):
                 job.close()
         return report
 
-    async def _drive(self, batch: PlannedBatch, tally: _Tally) -> None:
-        steps = _batch_steps(batch, tally, self.options, self.client.retry)
+    async def _drive(self, submit: _Submit, tally: _Tally) -> None:
+        steps = _batch_steps(submit, tally, self.options, self.client.retry)
         step = next(steps)
         while True:
             reply: object = None
@@ -1082,6 +1160,12 @@ class AsyncDispatcher(_DispatcherBase[AsyncSendmuxClient]):
             elif isinstance(step, _Call):
                 try:
                     reply = await asyncio.to_thread(step.function)
+                except SendmuxError as exc:
+                    reply = exc
+            elif isinstance(step, _Wait):
+                try:
+                    # Resolved by the writer's thread; awaited, not waited for in a thread.
+                    reply = await asyncio.wrap_future(cast("Future[object]", step.future))
                 except SendmuxError as exc:
                     reply = exc
             else:

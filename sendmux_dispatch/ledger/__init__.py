@@ -10,6 +10,8 @@ its guarantee ends: docs/ledger.md.
   calls it through ``asyncio.to_thread``).
 - :class:`GroupCommitLedger`: a ledger that stores many batch events in one
   write (:func:`record`); dispatch's ledger writer uses it when it can.
+- :class:`LedgerWriter`: one thread per job that stores its events in those
+  rounds (group commit), so the ledger stays off the planner's path.
 - :class:`SqliteLedger`: one file, WAL mode, the processes of one machine.
 - :class:`RedisLedger`: many workers on many machines (the ``redis`` extra).
 
@@ -30,6 +32,7 @@ from sendmux_dispatch.ledger._base import (
 )
 from sendmux_dispatch.ledger._redis import RedisLedger
 from sendmux_dispatch.ledger._sqlite import SqliteLedger
+from sendmux_dispatch.ledger._writer import LedgerWriter
 
 __all__ = [
     "DEFAULT_UNAVAILABLE_AFTER",
@@ -39,6 +42,7 @@ __all__ = [
     "JobStats",
     "Ledger",
     "LedgerUnavailableError",
+    "LedgerWriter",
     "RedisLedger",
     "SqliteLedger",
     "recipient_digest",

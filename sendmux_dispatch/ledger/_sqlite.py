@@ -17,6 +17,7 @@ from typing import Literal, TypeVar
 from sendmux_dispatch.errors import LedgerUnavailableError
 from sendmux_dispatch.ledger._base import (
     DEFAULT_UNAVAILABLE_AFTER,
+    Finish,
     Intent,
     JobStats,
     Retrier,
@@ -340,6 +341,129 @@ class SqliteLedger:
                     )
 
         self._run("record a batch result", write)
+
+    def record(
+        self, job_key: str, finishes: Sequence[Finish], begins: Sequence[Intent]
+    ) -> list[set[int]]:
+        """Many finishes, then many begins, in one transaction of a few statements.
+
+        The statements per round stay the same whatever the number of events
+        (all digests travel as one JSON parameter each), so the GIL hand-offs
+        and the transaction's fixed cost are shared by the whole round.
+        """
+        _check_job_key(job_key)
+        if not finishes and not begins:
+            return []
+        for finish in finishes:
+            _check_digests(finish.accepted)
+        accepted = sorted({digest for finish in finishes for digest in finish.accepted})
+        accepted_json = _json(accepted) if accepted else "[]"
+        finished_json = json.dumps([finish.key for finish in finishes])
+        begin_json = _json(sorted({digest for intent in begins for digest in intent.digests}))
+        begin_keys = json.dumps([intent.key for intent in begins])
+
+        def write(conn: sqlite3.Connection) -> list[set[int]]:
+            now = time.time()
+            with self._write(conn):
+                job = self._touch(conn, job_key, now)
+                if finishes:
+                    self._record_finishes(conn, job, finishes, accepted_json, finished_json, now)
+                if not begins:
+                    return []
+                return self._record_begins(conn, job, begins, begin_json, begin_keys, now)
+
+        return self._run("record batch events", write)
+
+    @staticmethod
+    def _record_finishes(
+        conn: sqlite3.Connection,
+        job: int,
+        finishes: Sequence[Finish],
+        accepted_json: str,
+        finished_json: str,
+        now: float,
+    ) -> None:
+        conn.execute(
+            "INSERT OR IGNORE INTO accepted (job, digest) "
+            "SELECT ?, value FROM json_each(?) ORDER BY value",
+            (job, accepted_json),
+        )
+        if not any(finish.successor is not None for finish in finishes):
+            conn.execute(
+                "DELETE FROM intents WHERE job = ? AND key IN (SELECT value FROM json_each(?))",
+                (job, finished_json),
+            )
+            return
+        # A resend is rare (a partial failure): one statement per finish, in
+        # order, so a successor is added only if its key was still pending.
+        for finish in finishes:
+            gone = conn.execute(
+                "DELETE FROM intents WHERE job = ? AND key = ?", (job, finish.key)
+            ).rowcount
+            if gone and finish.successor is not None:
+                successor = finish.successor
+                conn.execute(
+                    "INSERT INTO intents (job, key, attempt, created, members) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (job, key) DO NOTHING",
+                    (job, successor.key, successor.attempt, now, _pack(successor.digests)),
+                )
+
+    @staticmethod
+    def _record_begins(
+        conn: sqlite3.Connection,
+        job: int,
+        begins: Sequence[Intent],
+        begin_json: str,
+        begin_keys: str,
+        now: float,
+    ) -> list[set[int]]:
+        # One step reads all the round's begins need: which of their members are
+        # accepted, the members of every other pending intent, and those of
+        # intents already stored under one of the round's keys (usually none).
+        accepted, others, stored = conn.execute(
+            "SELECT (SELECT json_group_array(digest) FROM accepted "
+            "WHERE job = ?1 AND digest IN (SELECT value FROM json_each(?2))), "
+            "(SELECT group_concat(hex(members), '') FROM intents "
+            "WHERE job = ?1 AND key NOT IN (SELECT value FROM json_each(?3))), "
+            "(SELECT json_group_object(key, hex(members)) FROM intents "
+            "WHERE job = ?1 AND key IN (SELECT value FROM json_each(?3)))",
+            (job, begin_json, begin_keys),
+        ).fetchone()
+        # Taken: accepted, or claimed by a pending intent under another key
+        # (stored before, or recorded by an earlier begin of this round).
+        taken_by_others = _from_json(accepted)
+        if others:
+            taken_by_others.update(_unpack(bytes.fromhex(others)))
+        held: dict[str, str] = json.loads(stored)
+        owner: dict[int, str] = {}
+        for key, text in held.items():
+            owner.update(dict.fromkeys(_unpack(bytes.fromhex(text)), key))
+        answers: list[set[int]] = []
+        rows: list[tuple[object, ...]] = []
+        for intent in begins:
+            key = intent.key
+            taken = {
+                digest
+                for digest in intent.digests
+                if digest in taken_by_others or owner.get(digest, key) != key
+            }
+            answers.append(taken)
+            if taken or key in held:
+                continue  # taken: nothing recorded; the key stored: a no-op, as begin
+            held[key] = ""
+            owner.update(dict.fromkeys(intent.digests, key))
+            rows.append((job, key, intent.attempt, now, _pack(intent.digests)))
+        # One INSERT with many rows (not executemany: a step per row); 200 rows
+        # of 5 parameters stay far under SQLite's limit of bound parameters.
+        for start in range(0, len(rows), 200):
+            chunk = rows[start : start + 200]
+            conn.execute(
+                "INSERT INTO intents (job, key, attempt, created, members) VALUES "  # noqa: S608 - placeholders only
+                + ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk))
+                + " ON CONFLICT (job, key) DO NOTHING",
+                [value for row in chunk for value in row],
+            )
+        return answers
 
     def stats(self, job_key: str) -> JobStats | None:
         _check_job_key(job_key)

@@ -32,7 +32,7 @@ from sendmux_dispatch import (
     adispatch,
     dispatch,
 )
-from sendmux_dispatch.ledger import Intent, recipient_digest
+from sendmux_dispatch.ledger import Finish, Intent, recipient_digest
 from sendmux_dispatch.recipients import normalize_email
 from sendmux_dispatch.report import DispatchReport
 from sendmux_dispatch.retry import RetryPolicy
@@ -127,6 +127,18 @@ class FlakyLedger:
         self._maybe_fail("finish", key)
         self.inner.finish(job_key, key, accepted, successor)
 
+    def record(
+        self, job_key: str, finishes: Sequence[Finish], begins: Sequence[Intent]
+    ) -> list[set[int]]:
+        # Dispatch's writer stores many calls per round: the round fails whole,
+        # before anything is written, when one of its calls would.
+        for finish in finishes:
+            self._maybe_fail("finish", finish.key)
+        for intent in begins:
+            self._maybe_fail("begin", intent.key)
+        result: list[set[int]] = self.inner.record(job_key, finishes, begins)
+        return result
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
@@ -165,8 +177,11 @@ def test_a_rerun_after_a_crash_and_an_edited_list_mails_nobody_twice_and_nobody_
     driver: str, sandbox: Any, tmp_path: Path
 ) -> None:
     path = tmp_path / "ledger.db"
-    # 600 good rows and 10 that fail validation (no code), spread through the list.
-    first = [person(i, valid=i % 61 != 7) for i in range(610)]
+    # 2,000 good rows and 10 that fail validation (no code), spread through the list:
+    # long enough that the crash (its write round fails, and every call after it)
+    # lands while most of the list is still to be sent, although dispatch begins
+    # batches ahead of the sends.
+    first = [person(i, valid=i % 201 != 7) for i in range(2010)]
     invalid = [row["email"] for row in first if "code" not in row]
     assert len(invalid) == 10
     crashing = FlakyLedger(SqliteLedger(path), "finish", at=2, error=Crash())
@@ -175,16 +190,16 @@ def test_a_rerun_after_a_crash_and_an_edited_list_mails_nobody_twice_and_nobody_
     [crashed_key] = crashing.failed_keys
     crashing.inner.close()
     after_first = deliveries(sandbox)
-    assert 100 <= sum(after_first.values()) <= 400, "the first run was not cut short"
+    assert 100 <= sum(after_first.values()) <= 1000, "the first run was not cut short"
     with SqliteLedger(path) as ledger:
         assert crashed_key in {intent.key for intent in ledger.pending(JOB)}
 
     # The re-run's list: 40 rows inserted at the top, 20 removed (10 of them
     # sent by the first run, 10 not), the invalid rows fixed; the subject edited.
-    removed = {f"p{i}@example.org" for i in (*range(15, 25), *range(550, 560))}
+    removed = {f"p{i}@example.org" for i in (*range(15, 25), *range(1950, 1960))}
     second = [
         *(person(i, "new") for i in range(40)),
-        *(person(i) for i in range(610) if f"p{i}@example.org" not in removed),
+        *(person(i) for i in range(2010) if f"p{i}@example.org" not in removed),
     ]
     with SqliteLedger(path) as ledger:
         report = run_job(driver, sandbox, second, ledger, subject="Hello again {{ name }}")
@@ -212,17 +227,17 @@ def test_a_rerun_after_a_crash_and_an_edited_list_mails_nobody_twice_and_nobody_
 
 
 def _child_killed_in_the_crash_window(url: str, api_key: str, path: str, driver: str) -> None:
-    """Runs in a child: the 2nd finish() kills the process with SIGKILL before it writes."""
-    ledger = FlakyLedger(SqliteLedger(path), "finish", at=2, error=Crash())
+    """Runs in a child: the write of the 2nd finish kills the process with SIGKILL first."""
 
-    def kill(*args: Any, **kwargs: Any) -> None:
-        ledger.calls += 1
-        if ledger.calls == 2:
-            print(args[1], flush=True)  # the key that will be left pending
-            os.kill(os.getpid(), signal.SIGKILL)
-        ledger.inner.finish(*args, **kwargs)
+    class Killing(FlakyLedger):
+        def _maybe_fail(self, method: str, key: str | None = None) -> None:
+            if method == "finish":
+                self.calls += 1
+                if self.calls == 2:
+                    print(key, flush=True)  # the key that will be left pending
+                    os.kill(os.getpid(), signal.SIGKILL)
 
-    ledger.finish = kill  # type: ignore[method-assign]
+    ledger = Killing(SqliteLedger(path), "finish", at=2, error=Crash())
     sandbox = type("S", (), {"sending_url": url, "management_url": url, "api_key": api_key})
     run_job(driver, sandbox, [person(i) for i in range(500)], ledger)
 
@@ -282,7 +297,9 @@ def test_a_ledger_that_cannot_be_reached_stops_the_job_with_nothing_sent_unrecor
     driver: str, method: str, at: int, sandbox: Any, tmp_path: Path
 ) -> None:
     path = tmp_path / "ledger.db"
-    rows = [person(i) for i in range(400)]
+    # Ten batches: with two in flight and two begun ahead, an outage at the second
+    # finish still leaves batches the job never sends.
+    rows = [person(i) for i in range(1000)]
     outage = LedgerUnavailableError("the test ledger is down", backend="test", waited=30.0)
     with SqliteLedger(path) as seed:
         # A job with a record already (someone outside this list): planning then asks
@@ -303,7 +320,7 @@ def test_a_ledger_that_cannot_be_reached_stops_the_job_with_nothing_sent_unrecor
         assert not sent
     else:
         assert report.not_sent > 0
-    assert sum(sent.values()) < 400
+    assert sum(sent.values()) < 1000
     with SqliteLedger(path) as ledger:
         pending = {d for intent in ledger.pending(JOB) for d in intent.digests}
         accepted = ledger.accepted_among(JOB, [digest(email) for email in sent])
