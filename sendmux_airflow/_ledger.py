@@ -31,6 +31,7 @@ from sendmux_dispatch.keys import job_key_for
 from sendmux_dispatch.ledger import Intent, JobStats, Ledger, RedisLedger, SqliteLedger
 from sendmux_dispatch.ledger._base import (
     DEFAULT_UNAVAILABLE_AFTER,
+    Finish,
     Retrier,
     _check_digests,
     _check_job_key,
@@ -348,28 +349,74 @@ class TaskStateStoreLedger:
         with self._lock:
             return sorted(self._intents.values(), key=lambda intent: (intent.created, intent.key))
 
+    def _begin_in_memory(self, intent: Intent, now: float) -> tuple[set[int], bool]:
+        """``begin``'s change to memory (under ``_lock``): the members taken, and whether
+        it recorded the intent (not when a member is taken, nor when the key is
+        already pending: the same begin again).
+        """
+        taken = {
+            digest
+            for digest in intent.digests
+            if digest in self._accepted or self._claims.get(digest, intent.key) != intent.key
+        }
+        if taken or intent.key in self._intents:
+            return taken, False
+        self._touch(now)
+        self._hold(dataclasses.replace(intent, created=now))
+        self._pending_dirty = True
+        return taken, True
+
+    def _undo_begin(self, key: str) -> None:
+        """After a failed write (under ``_lock``): the intent a begin recorded is not pending."""
+        if key in self._intents:
+            self._release(key)
+            self._pending_dirty = True
+
+    def _finish_in_memory(
+        self, key: str, accepted: Sequence[int], successor: Intent | None, now: float
+    ) -> Intent | None:
+        """``finish``'s change to memory (under ``_lock``); returns the intent it cleared."""
+        # Accepted first (the write round puts chunks before pending): killed
+        # before the pending write, the intent replays under its key and the
+        # server answers as it did.
+        if accepted:
+            self._touch(now)
+        self._add_accepted(accepted)
+        before = self._intents.get(key)
+        if before is not None:
+            self._release(key)
+            if successor is not None and successor.key not in self._intents:
+                self._hold(dataclasses.replace(successor, created=now))
+            self._touch(now)
+            self._pending_dirty = True
+        return before
+
+    def _undo_finish(self, key: str, before: Intent | None, successor: Intent | None) -> None:
+        """After a failed write (under ``_lock``): the intent still pending, no successor.
+
+        The digests stay accepted in memory (the server did accept them) and
+        are written by the next round, if any.
+        """
+        if before is None:
+            return
+        if successor is not None and successor.key in self._intents:
+            self._release(successor.key)
+        if key not in self._intents:
+            self._hold(before)
+        self._pending_dirty = True
+
     def begin(self, job_key: str, intent: Intent) -> set[int]:
         self._own(job_key)
         with self._lock:
-            taken = {
-                digest
-                for digest in intent.digests
-                if digest in self._accepted or self._claims.get(digest, intent.key) != intent.key
-            }
-            if taken or intent.key in self._intents:
+            taken, recorded = self._begin_in_memory(intent, time.time())
+            if not recorded:
                 return taken
-            now = time.time()
-            self._touch(now)
-            self._hold(dataclasses.replace(intent, created=now))
-            self._pending_dirty = True
             version = self._changed()
         try:
             self._sync(version)
         except BaseException:
             with self._lock:
-                if intent.key in self._intents:
-                    self._release(intent.key)
-                    self._pending_dirty = True
+                self._undo_begin(intent.key)
             raise
         return set()
 
@@ -383,35 +430,55 @@ class TaskStateStoreLedger:
         self._own(job_key)
         _check_digests(accepted)
         with self._lock:
-            now = time.time()
-            # Accepted first (the write round puts chunks before pending): killed
-            # before the pending write, the intent replays under its key and the
-            # server answers as it did.
-            if accepted:
-                self._touch(now)
-            self._add_accepted(accepted)
-            before = self._intents.get(key)
-            if before is not None:
-                self._release(key)
-                if successor is not None and successor.key not in self._intents:
-                    self._hold(dataclasses.replace(successor, created=now))
-                self._touch(now)
-                self._pending_dirty = True
+            before = self._finish_in_memory(key, accepted, successor, time.time())
             version = self._changed()
         try:
             self._sync(version)
         except BaseException:
-            if before is not None:
-                with self._lock:
-                    # The intent still pending, no successor; the digests stay
-                    # accepted in memory (the server did accept them) and are
-                    # written by the next round, if any.
-                    if successor is not None and successor.key in self._intents:
-                        self._release(successor.key)
-                    if key not in self._intents:
-                        self._hold(before)
-                    self._pending_dirty = True
+            with self._lock:
+                self._undo_finish(key, before, successor)
             raise
+
+    def record(
+        self, job_key: str, finishes: Sequence[Finish], begins: Sequence[Intent]
+    ) -> list[set[int]]:
+        """Every finish, then every begin, in memory, then one write round for them all.
+
+        A round writes ``pending`` once (plus any chunks the tail filled and
+        their head), however many events it holds. A failed write undoes in
+        memory what each call would have undone, last first, so the undo of
+        a begin that took members a finish of the round released comes
+        before the finish's undo re-claims them.
+        """
+        self._own(job_key)
+        for finish in finishes:
+            _check_digests(finish.accepted)
+        if not finishes and not begins:
+            return []
+        with self._lock:
+            now = time.time()
+            cleared = [
+                self._finish_in_memory(finish.key, finish.accepted, finish.successor, now)
+                for finish in finishes
+            ]
+            answers: list[set[int]] = []
+            recorded: list[str] = []
+            for intent in begins:
+                taken, added = self._begin_in_memory(intent, now)
+                answers.append(taken)
+                if added:
+                    recorded.append(intent.key)
+            version = self._changed()
+        try:
+            self._sync(version)
+        except BaseException:
+            with self._lock:
+                for key in reversed(recorded):
+                    self._undo_begin(key)
+                for finish, before in reversed(list(zip(finishes, cleared, strict=True))):
+                    self._undo_finish(finish.key, before, finish.successor)
+            raise
+        return answers
 
     def stats(self, job_key: str) -> JobStats | None:
         self._own(job_key)

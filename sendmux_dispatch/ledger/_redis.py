@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sendmux_dispatch.ledger._base import (
     DEFAULT_UNAVAILABLE_AFTER,
+    Finish,
     Intent,
     JobStats,
     Retrier,
@@ -34,53 +35,91 @@ _INDEX_EVERY = 5.0  # seconds between refreshes of a job's score in the jobs ind
 # Digests travel packed, 8 bytes each, in one argument (the intent's blob
 # already holds its members after the 16-byte head): one bulk string to
 # encode instead of a hundred, which was most of a call's client-side cost.
-# ARGV: key, blob, now, job_key. Returns {1 if the job is new, taken digests}.
-_BEGIN = """
-local taken = {}
-local blob = ARGV[2]
-for i = 17, #blob, 8 do
-  local d = string.sub(blob, i, i + 7)
-  if redis.call('SISMEMBER', KEYS[1], d) == 1 then
-    taken[#taken + 1] = d
-  else
-    local owner = redis.call('HGET', KEYS[2], d)
-    if owner and owner ~= ARGV[1] then taken[#taken + 1] = d end
+# begin, finish and record are built from the same three functions, so a
+# round recorded at once writes exactly what the calls one by one write (and
+# what the previous release's scripts wrote: keys and values are unchanged).
+_STEPS = """
+local function stamp(now, job_key)
+  redis.call('HSETNX', KEYS[4], 'job_key', job_key)
+  local fresh = redis.call('HSETNX', KEYS[4], 'created', now)
+  redis.call('HSET', KEYS[4], 'updated', now)
+  return fresh
+end
+
+local function claim(key, blob)
+  local taken = {}
+  for i = 17, #blob, 8 do
+    local d = string.sub(blob, i, i + 7)
+    if redis.call('SISMEMBER', KEYS[1], d) == 1 then
+      taken[#taken + 1] = d
+    else
+      local owner = redis.call('HGET', KEYS[2], d)
+      if owner and owner ~= key then taken[#taken + 1] = d end
+    end
+  end
+  if #taken == 0 and redis.call('HSETNX', KEYS[3], key, blob) == 1 then
+    for i = 17, #blob, 8 do redis.call('HSET', KEYS[2], string.sub(blob, i, i + 7), key) end
+  end
+  return taken
+end
+
+local function settle(key, skey, sblob, acc)
+  local digests = {}
+  for i = 1, #acc, 8 do digests[#digests + 1] = string.sub(acc, i, i + 7) end
+  for i = 1, #digests, 1000 do
+    redis.call('SADD', KEYS[1], unpack(digests, i, math.min(i + 999, #digests)))
+  end
+  local blob = redis.call('HGET', KEYS[3], key)
+  if not blob then return end
+  for i = 17, #blob, 8 do
+    local d = string.sub(blob, i, i + 7)
+    if redis.call('HGET', KEYS[2], d) == key then redis.call('HDEL', KEYS[2], d) end
+  end
+  redis.call('HDEL', KEYS[3], key)
+  if skey ~= '' and redis.call('HSETNX', KEYS[3], skey, sblob) == 1 then
+    for i = 17, #sblob, 8 do redis.call('HSET', KEYS[2], string.sub(sblob, i, i + 7), skey) end
   end
 end
-redis.call('HSETNX', KEYS[4], 'job_key', ARGV[4])
-local fresh = redis.call('HSETNX', KEYS[4], 'created', ARGV[3])
-redis.call('HSET', KEYS[4], 'updated', ARGV[3])
-if #taken == 0 and redis.call('HSETNX', KEYS[3], ARGV[1], blob) == 1 then
-  for i = 17, #blob, 8 do redis.call('HSET', KEYS[2], string.sub(blob, i, i + 7), ARGV[1]) end
-end
-return {fresh, taken}
 """
+
+# ARGV: key, blob, now, job_key. Returns {1 if the job is new, taken digests}.
+_BEGIN = (
+    _STEPS
+    + """
+local taken = claim(ARGV[1], ARGV[2])
+return {stamp(ARGV[3], ARGV[4]), taken}
+"""
+)
 
 # ARGV: key, now, job_key, successor key ('' for none), successor blob, accepted digests
 # (packed). Returns 1 if the job is new.
-_FINISH = """
-local acc = ARGV[6]
-local digests = {}
-for i = 1, #acc, 8 do digests[#digests + 1] = string.sub(acc, i, i + 7) end
-for i = 1, #digests, 1000 do
-  redis.call('SADD', KEYS[1], unpack(digests, i, math.min(i + 999, #digests)))
-end
-redis.call('HSETNX', KEYS[4], 'job_key', ARGV[3])
-local fresh = redis.call('HSETNX', KEYS[4], 'created', ARGV[2])
-redis.call('HSET', KEYS[4], 'updated', ARGV[2])
-local blob = redis.call('HGET', KEYS[3], ARGV[1])
-if not blob then return fresh end
-for i = 17, #blob, 8 do
-  local d = string.sub(blob, i, i + 7)
-  if redis.call('HGET', KEYS[2], d) == ARGV[1] then redis.call('HDEL', KEYS[2], d) end
-end
-redis.call('HDEL', KEYS[3], ARGV[1])
-if ARGV[4] ~= '' and redis.call('HSETNX', KEYS[3], ARGV[4], ARGV[5]) == 1 then
-  local sblob = ARGV[5]
-  for i = 17, #sblob, 8 do redis.call('HSET', KEYS[2], string.sub(sblob, i, i + 7), ARGV[4]) end
-end
-return fresh
+_FINISH = (
+    _STEPS
+    + """
+settle(ARGV[1], ARGV[4], ARGV[5], ARGV[6])
+return stamp(ARGV[2], ARGV[3])
 """
+)
+
+# ARGV: now, job_key, the number of finishes, then per finish its key, successor key,
+# successor blob and accepted digests (as _FINISH), then per begin its key and blob.
+# Returns {1 if the job is new, then each begin's taken digests}.
+_RECORD = (
+    _STEPS
+    + """
+local at = 4
+for _ = 1, tonumber(ARGV[3]) do
+  settle(ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3])
+  at = at + 4
+end
+local answers = {stamp(ARGV[1], ARGV[2])}
+while at < #ARGV do
+  answers[#answers + 1] = claim(ARGV[at], ARGV[at + 1])
+  at = at + 2
+end
+return answers
+"""
+)
 
 # KEYS: acc. ARGV: digests (packed). Returns the accepted ones (8 bytes each),
 # usually none: one small reply instead of a flag per digest.
@@ -118,6 +157,15 @@ def _packed(digests: Sequence[int]) -> bytes:
     return struct.pack(f">{len(digests)}Q", *digests)
 
 
+def _digest_set(raw: Sequence[bytes]) -> set[int]:
+    return {int.from_bytes(digest, "big") for digest in raw}
+
+
+def _successor_args(successor: Intent | None, now: float) -> tuple[str, bytes]:
+    # A finish without a successor passes an empty key, which the script skips.
+    return ("", b"") if successor is None else (successor.key, _pack(successor, now))
+
+
 class RedisLedger:
     """A :class:`~sendmux_dispatch.ledger.Ledger` in Redis, shared by every worker of a job.
 
@@ -125,7 +173,7 @@ class RedisLedger:
     a ``redis.Redis`` client (needs the ``redis`` extra and Redis 6.2 or
     later). ``begin`` and ``finish`` are Lua scripts, so claiming a batch's
     members and recording its answer are each one atomic step even with many
-    workers on one job.
+    workers on one job; ``record`` runs a round of both as one script call.
 
     Keys, per job (``jid`` = blake2b-128 of the job key, so any job key makes
     a safe name)::
@@ -198,6 +246,7 @@ class RedisLedger:
         self._indexed: dict[str, float] = {}
         self._begin = self._client.register_script(_BEGIN)
         self._finish = self._client.register_script(_FINISH)
+        self._record = self._client.register_script(_RECORD)
         self._prune = self._client.register_script(_PRUNE)
         self._among = self._client.register_script(_AMONG)
 
@@ -233,7 +282,7 @@ class RedisLedger:
 
         def query() -> set[int]:
             found: list[bytes] = self._among(keys=[acc], args=[packed])
-            return {int.from_bytes(raw, "big") for raw in found}
+            return _digest_set(found)
 
         return self._run("read accepted recipients", query)
 
@@ -270,7 +319,7 @@ class RedisLedger:
             args: list[Any] = [intent.key, _pack(intent, now), now, job_key]
             fresh, taken = self._begin(keys=keys, args=args)
             self._touch(jid, now, fresh)
-            return {int.from_bytes(raw, "big") for raw in taken}
+            return _digest_set(taken)
 
         return self._run("record a pending batch", write)
 
@@ -285,21 +334,46 @@ class RedisLedger:
         _check_digests(accepted)
         jid = self._jid(job_key)
         keys = self._keys(jid)
+        packed = _packed(accepted)
 
         def write() -> None:
             now = time.time()
-            args: list[Any] = [
-                key,
-                now,
-                job_key,
-                "" if successor is None else successor.key,
-                b"" if successor is None else _pack(successor, now),
-                _packed(accepted),
-            ]
+            args: list[Any] = [key, now, job_key, *_successor_args(successor, now), packed]
             fresh = self._finish(keys=keys, args=args)
             self._touch(jid, now, fresh)
 
         self._run("record a batch result", write)
+
+    def record(
+        self, job_key: str, finishes: Sequence[Finish], begins: Sequence[Intent]
+    ) -> list[set[int]]:
+        """Every finish, then every begin, in one script call: one round trip per round.
+
+        The script runs the very steps of ``finish`` and ``begin`` in order,
+        atomically, so each begin sees the finishes and the begins before it.
+        """
+        _check_job_key(job_key)
+        for finish in finishes:
+            _check_digests(finish.accepted)
+        if not finishes and not begins:
+            return []
+        jid = self._jid(job_key)
+        keys = self._keys(jid)
+        # Packed once, not on every retry; blobs carry `now`, so they are built per try.
+        accepted = [_packed(finish.accepted) for finish in finishes]
+
+        def write() -> list[set[int]]:
+            now = time.time()
+            args: list[Any] = [now, job_key, len(finishes)]
+            for finish, packed in zip(finishes, accepted, strict=True):
+                args += [finish.key, *_successor_args(finish.successor, now), packed]
+            for intent in begins:
+                args += [intent.key, _pack(intent, now)]
+            fresh, *taken = self._record(keys=keys, args=args)
+            self._touch(jid, now, fresh)
+            return [_digest_set(raw) for raw in taken]
+
+        return self._run("record batch results and pending batches", write)
 
     def _stats_of(self, jid: str) -> JobStats | None:
         acc, claims, pend, meta = self._keys(jid)

@@ -37,6 +37,7 @@ from sendmux_dispatch import Ledger, SqliteLedger
 from sendmux_dispatch.errors import LedgerUnavailableError
 from sendmux_dispatch.keys import job_key_for
 from sendmux_dispatch.ledger import Intent, recipient_digest
+from sendmux_dispatch.ledger._base import Finish, GroupCommitLedger, record
 
 JOB = "dag/send/manual__2026-01-01/-1"
 
@@ -196,6 +197,128 @@ def test_a_try_killed_between_any_two_writes_leaves_a_state_the_retry_reads_safe
             assert accepted == after[0], kill_at  # the pending write is the step's last
         checked += 1
     assert checked == total.writes >= 10
+
+
+# The job of STEPS-like events in write rounds as dispatch's ledger writer makes
+# them (finishes, then begins), with what each round's begins answer.
+ROUNDS: list[tuple[list[Finish], list[Intent]]] = [
+    ([], [Intent("k-a", A), Intent("k-b", B)]),
+    (
+        [Finish("k-a", A[:4], Intent("k-a2", A[4:], attempt=1))],
+        [
+            Intent("k-c", C),
+            # A[0] accepted, A[4] pending under the successor, C[1] under k-c, begun
+            # earlier in this round: refused, nothing recorded.
+            Intent("k-x", (A[0], A[4], C[1])),
+            Intent("k-b", B),  # the same key again: a no-op
+        ],
+    ),
+    # C[1] released by k-c's finish in this round: k-d takes it.
+    ([Finish("k-b", B), Finish("k-a2", A[4:]), Finish("k-c", C[:1])], [Intent("k-d", C[1:])]),
+]
+ANSWERS = [[set(), set()], [set(), {A[0], A[4], C[1]}, set()], [set()]]
+
+
+def _rounds(ledger: TaskStateStoreLedger, count: int = len(ROUNDS)) -> list[list[set[int]]]:
+    return [ledger.record(JOB, finishes, begins) for finishes, begins in ROUNDS[:count]]
+
+
+def _timeless(values: dict[str, str]) -> dict[str, Any]:
+    """The stored values without their times, which differ from one run to the next."""
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in ("created", "updated")}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    return {key: strip(json.loads(text)) for key, text in values.items()}
+
+
+def test_record_stores_and_answers_exactly_as_the_calls_one_by_one() -> None:
+    by_round, one_by_one = MemoryStore(), MemoryStore()
+    ledger = TaskStateStoreLedger(by_round, JOB, chunk_digests=4)
+    twin = TaskStateStoreLedger(one_by_one, JOB, chunk_digests=4)
+    assert isinstance(ledger, GroupCommitLedger)
+    assert _rounds(ledger) == ANSWERS
+    answers = []
+    for finishes, begins in ROUNDS:
+        for finish in finishes:
+            twin.finish(JOB, finish.key, finish.accepted, finish.successor)
+        answers.append([twin.begin(JOB, intent) for intent in begins])
+    assert answers == ANSWERS
+    assert _timeless(by_round.values) == _timeless(one_by_one.values)
+    again = TaskStateStoreLedger(by_round, JOB, chunk_digests=4)
+    assert _state(again) == _state(ledger) == _state(twin)
+    assert _state(again) == (set(A) | set(B) | {C[0]}, {"k-d": (C[1:], 0)})
+    # The fallback of dispatch picks the method, and a round of nothing writes nothing.
+    writes = by_round.writes
+    assert record(ledger, JOB, [], []) == []
+    assert by_round.writes == writes
+
+
+def test_a_round_of_many_events_is_a_constant_number_of_writes() -> None:
+    store = MemoryStore()
+    ledger = TaskStateStoreLedger(store, JOB, chunk_digests=250)
+    batches = [_digests(f"r{n}-", 10) for n in range(60)]
+    # 30 begins: one write of pending.
+    assert ledger.record(JOB, [], [Intent(f"k-{n}", batches[n]) for n in range(30)]) == [set()] * 30
+    assert store.writes == 1
+    # 20 finishes (200 accepted, in the tail) and 30 begins: one write again.
+    finishes = [Finish(f"k-{n}", batches[n]) for n in range(20)]
+    begins = [Intent(f"k-{n}", batches[n]) for n in range(30, 60)]
+    assert ledger.record(JOB, finishes, begins) == [set()] * 30
+    assert store.writes == 2
+    # 40 finishes fill two chunks: both chunks, the head counting them, then pending.
+    finishes = [Finish(f"k-{n}", batches[n]) for n in range(20, 60)]
+    assert ledger.record(JOB, finishes, []) == []
+    assert store.writes == 2 + 4
+    assert json.loads(store.values[HEAD_KEY])["chunks"] == 2
+    again = TaskStateStoreLedger(store, JOB, chunk_digests=250)
+    every = [d for batch in batches for d in batch]
+    assert again.accepted_among(JOB, every) == set(every)
+    assert again.pending(JOB) == []
+
+
+def _state_after_rounds(count: int) -> tuple[set[int], dict[str, tuple[tuple[int, ...], int]]]:
+    ledger = TaskStateStoreLedger(MemoryStore(), JOB, chunk_digests=4)
+    _rounds(ledger, count)
+    return _state(ledger)
+
+
+def test_a_round_killed_before_each_of_its_writes_is_undone_and_can_be_repeated() -> None:
+    total = MemoryStore()
+    _rounds(TaskStateStoreLedger(total, JOB, chunk_digests=4))
+    assert total.writes == 7  # pending; chunk, head, pending; chunk, head, pending
+    for kill_at in range(total.writes):
+        store = MemoryStore()
+        store.kill_at = kill_at
+        ledger = TaskStateStoreLedger(store, JOB, chunk_digests=4)
+        done = 0
+        try:
+            for finishes, begins in ROUNDS:
+                ledger.record(JOB, finishes, begins)
+                done += 1
+        except Killed:
+            pass
+        assert done < len(ROUNDS), kill_at
+        store.kill_at = None
+        before, after = _state_after_rounds(done), _state_after_rounds(done + 1)
+
+        # The next try reads a safe state: nothing accepted that the server was not
+        # said to accept, nothing lost that a completed round recorded, the pending
+        # intents those before the round or after it.
+        accepted, pending = _state(TaskStateStoreLedger(store, JOB, chunk_digests=4))
+        assert before[0] <= accepted <= after[0], kill_at
+        assert pending in (before[1], after[1]), kill_at
+        # In memory the round is undone (its accepted digests kept: the server did
+        # accept them), and repeating it whole answers and stores as the round would.
+        assert _state(ledger)[1] == before[1], kill_at
+        finishes, begins = ROUNDS[done]
+        assert ledger.record(JOB, finishes, begins) == ANSWERS[done], kill_at
+        assert _state(ledger) == after, kill_at
+        assert _state(TaskStateStoreLedger(store, JOB, chunk_digests=4)) == after, kill_at
 
 
 class SlowStore(MemoryStore):

@@ -9,13 +9,16 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
 
 from sendmux_dispatch import Ledger, LedgerUnavailableError, RedisLedger
 from sendmux_dispatch.ledger import Intent, recipient_digest
+from sendmux_dispatch.ledger._base import Finish, GroupCommitLedger, record
 
 pytestmark = pytest.mark.redis
 
@@ -26,15 +29,25 @@ def digests(*emails: str) -> tuple[int, ...]:
     return tuple(recipient_digest(email) for email in emails)
 
 
-@pytest.fixture
-def ledger(redis_url: str) -> Iterator[RedisLedger]:
+def _opened(redis_url: str | redis.Redis, **kwargs: Any) -> Iterator[RedisLedger]:
     prefix = f"test:ledger:{uuid.uuid4().hex}"
-    opened = RedisLedger(redis_url, prefix=prefix)
+    opened = RedisLedger(redis_url, prefix=prefix, **kwargs)
     yield opened
     client = opened._client
     for key in client.scan_iter(match=f"{prefix}:*"):
         client.delete(key)
     opened.close()
+
+
+@pytest.fixture
+def ledger(redis_url: str) -> Iterator[RedisLedger]:
+    yield from _opened(redis_url)
+
+
+@pytest.fixture
+def twin(redis_url: str) -> Iterator[RedisLedger]:
+    """A second ledger on the same Redis, under its own prefix."""
+    yield from _opened(redis_url)
 
 
 def test_pending_round_trip_and_finish(ledger: RedisLedger) -> None:
@@ -139,6 +152,131 @@ def test_redis_keeps_digests_only(ledger: RedisLedger) -> None:
         assert b"private-example" not in dumped
 
 
+# ---------------------------------------------------------------- record: a round at once
+
+# Before the round: A accepted, B and C pending under k-1, D and E under k-2.
+A, B, C, D, E, F, G, H, K, J = digests(*(f"{n}@x.com" for n in "abcdefghkj"))
+
+
+def _before_the_round(ledger: RedisLedger) -> None:
+    ledger.begin(JOB, Intent("k-0", (A,)))
+    ledger.finish(JOB, "k-0", accepted=(A,))
+    ledger.begin(JOB, Intent("k-1", (B, C)))
+    ledger.begin(JOB, Intent("k-2", (D, E)))
+
+
+FINISHES = [
+    # D accepted, E resent under a successor: E pending under k-2-r1.
+    Finish("k-2", (D,), Intent("k-2-r1", (E,), attempt=1)),
+    # k-0 was finished already: F is added, the stale successor is not.
+    Finish("k-0", (F,), Intent("k-0-r1", (G,), attempt=1)),
+    # B accepted, C released.
+    Finish("k-1", (B,)),
+]
+BEGINS = [
+    Intent("k-3", (G, A)),  # A accepted: taken
+    Intent("k-4", (H, E)),  # E pending under k-2-r1: taken
+    Intent("k-5", (C, H)),  # C released by a finish of this round: recorded
+    Intent("k-6", (K, C)),  # C pending under k-5, begun earlier in this round: taken
+    Intent("k-5", (C, H)),  # the same key again: a no-op
+    Intent("k-7", (G, K, J)),  # G free (k-3 took nothing, k-0-r1 was not added)
+]
+ANSWERS = [{A}, {E}, set(), {C}, set(), set()]
+
+
+def _one_by_one(
+    ledger: RedisLedger, finishes: Sequence[Finish], begins: Sequence[Intent]
+) -> list[set[int]]:
+    for finish in finishes:
+        ledger.finish(JOB, finish.key, finish.accepted, finish.successor)
+    return [ledger.begin(JOB, intent) for intent in begins]
+
+
+def _stored(ledger: RedisLedger) -> tuple[object, ...]:
+    """The job's keys as stored, but for the times (which differ between two runs)."""
+    client = ledger._client
+    acc, claims, _pend, meta = ledger._keys(ledger._jid(JOB))
+    pending = [(i.key, i.digests, i.attempt) for i in ledger.pending(JOB)]
+    return (
+        client.smembers(acc),
+        client.hgetall(claims),
+        pending,
+        client.hget(meta, "job_key"),
+        ledger.accepted_among(JOB, (A, B, C, D, E, F, G, H, K, J)),
+    )
+
+
+def test_record_stores_and_answers_exactly_as_the_calls_one_by_one(
+    ledger: RedisLedger, twin: RedisLedger
+) -> None:
+    assert isinstance(ledger, GroupCommitLedger)
+    for each in (ledger, twin):
+        _before_the_round(each)
+    assert record(ledger, JOB, FINISHES, BEGINS) == ANSWERS
+    assert _one_by_one(twin, FINISHES, BEGINS) == ANSWERS
+    assert _stored(ledger) == _stored(twin)
+    assert [i.key for i in ledger.pending(JOB)] == ["k-2-r1", "k-5", "k-7"]
+    assert ledger.accepted_among(JOB, (A, B, C, D, E, F, G)) == {A, B, D, F}
+    stats = ledger.stats(JOB)
+    assert stats is not None
+    assert (stats.accepted, stats.pending, stats.pending_members) == (4, 3, 6)
+    # A round on a job Redis has never seen creates and indexes it.
+    assert ledger.record("fresh/job", [], [Intent("k-1", (A,))]) == [set()]
+    assert "fresh/job" in {job.job_key for job in ledger.jobs()}
+
+
+def test_record_repeated_whole_changes_nothing(ledger: RedisLedger) -> None:
+    _before_the_round(ledger)
+    assert ledger.record(JOB, FINISHES, BEGINS) == ANSWERS
+    stored = _stored(ledger)
+    # A retry after a lost reply: the same state, every recorded begin still
+    # answered "recorded"; a refused one is still refused, and may now also find
+    # members that begins after it recorded (k-3's G, pending under k-7).
+    again = ledger.record(JOB, FINISHES, BEGINS)
+    assert _stored(ledger) == stored
+    assert [bool(taken) for taken in again] == [bool(taken) for taken in ANSWERS]
+    assert all(first <= second for first, second in zip(ANSWERS, again, strict=True))
+    assert again[0] == {A, G}
+
+
+def test_record_of_nothing_and_bad_input(ledger: RedisLedger) -> None:
+    assert ledger.record(JOB, [], []) == []
+    assert ledger.stats(JOB) is None  # no write at all
+    with pytest.raises(ValueError, match="64-bit integer"):
+        ledger.record(JOB, [Finish("k-1", (0,))], [])
+    with pytest.raises(ValueError, match="job_key"):
+        ledger.record("", [], [Intent("k-1", (A,))])
+    assert ledger.stats(JOB) is None
+
+
+class CountingConnection(redis.Connection):
+    """Counts what the client sends: each send is one round trip (a pipeline sends once)."""
+
+    sent = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        CountingConnection.sent += 1
+        super().send_packed_command(command, check_health)
+
+
+def test_a_round_of_many_events_is_one_round_trip(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url, connection_class=CountingConnection)
+    for ledger in _opened(client):
+        members = digests(*(f"r{i}@x.com" for i in range(30 * 100)))
+        batches = [members[i : i + 100] for i in range(0, len(members), 100)]
+        # The first round creates the job (indexed: a second command) and loads the script.
+        ledger.record(JOB, [], [Intent(f"k-{n}", batch) for n, batch in enumerate(batches[:15])])
+        CountingConnection.sent = 0
+        finishes = [Finish(f"k-{n}", batch) for n, batch in enumerate(batches[:15])]
+        begins = [Intent(f"k-{n}", batch) for n, batch in enumerate(batches[15:], 15)]
+        assert ledger.record(JOB, finishes, begins) == [set()] * 15
+        assert CountingConnection.sent == 1
+        stats = ledger.stats(JOB)
+        assert stats is not None
+        assert (stats.accepted, stats.pending, stats.pending_members) == (1500, 15, 1500)
+    client.close()
+
+
 # ---------------------------------------------------------------- a Redis of our own
 
 
@@ -239,6 +377,34 @@ def test_a_redis_that_comes_back_within_the_wait_costs_nothing(tmp_path: Path) -
         timer.join()
         proc = restarted[0]
         assert ledger.accepted_among(JOB, (a,)) == {a}
+        ledger.close()
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_record_on_a_redis_that_is_down_raises_in_time_and_can_be_repeated_whole(
+    tmp_path: Path,
+) -> None:
+    port = _free_port()
+    proc = _start_redis(port, tmp_path)
+    try:
+        ledger = RedisLedger(
+            f"redis://127.0.0.1:{port}/0", unavailable_after=1.5, socket_timeout=0.5
+        )
+        _before_the_round(ledger)
+        proc.kill()
+        proc.wait(timeout=10)
+        started = time.monotonic()
+        with pytest.raises(LedgerUnavailableError) as caught:
+            ledger.record(JOB, FINISHES, BEGINS)
+        assert 1.4 <= time.monotonic() - started < 6
+        assert caught.value.backend == "redis"
+
+        proc = _start_redis(port, tmp_path)
+        assert [i.key for i in ledger.pending(JOB)] == ["k-1", "k-2"]  # nothing of the round
+        assert ledger.record(JOB, FINISHES, BEGINS) == ANSWERS  # the round, repeated whole
+        assert [i.key for i in ledger.pending(JOB)] == ["k-2-r1", "k-5", "k-7"]
         ledger.close()
     finally:
         proc.kill()
