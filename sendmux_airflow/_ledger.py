@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 from airflow.sdk.exceptions import AirflowFailException, AirflowRuntimeError
 
 from sendmux_dispatch._digests import DigestSet
+from sendmux_dispatch.dispatch import DEFAULT_LEDGER_AHEAD
 from sendmux_dispatch.keys import job_key_for
 from sendmux_dispatch.ledger import Intent, JobStats, Ledger, RedisLedger, SqliteLedger
 from sendmux_dispatch.ledger._base import (
@@ -49,6 +50,7 @@ __all__ = [
     "PENDING_KEY",
     "TaskStateStoreLedger",
     "chunk_key",
+    "ledger_ahead",
     "ledger_for",
     "ledger_from_url",
 ]
@@ -121,6 +123,11 @@ class TaskStateStoreLedger:
     both accepted and pending is one whose answer was half recorded, and
     its replay under the recorded key gets the server's stored answer back.
 
+    ``LEDGER_AHEAD``: how far ahead of the sends dispatch should begin
+    batches with this ledger (its ``ledger_ahead``; :func:`ledger_ahead`
+    picks it): every begun batch is an intent in the one pending value, so
+    eight in flight and four ahead keep it near 60 KB with a full tail.
+
     ``retention`` is passed to every write (None: Airflow's
     ``[state_store] default_retention_days``); a chunk the head counts but the
     store no longer has (expired, deleted by hand) makes construction fail
@@ -128,6 +135,9 @@ class TaskStateStoreLedger:
     ``unavailable_after`` seconds, then
     :class:`~sendmux_dispatch.errors.LedgerUnavailableError`.
     """
+
+    #: Batches begun ahead of the sends (dispatch's ``ledger_ahead``) with this ledger.
+    LEDGER_AHEAD = 4
 
     def __init__(
         self,
@@ -548,6 +558,13 @@ def ledger_from_url(url: str, *, where: str = "ledger_url") -> Ledger:
             f"{'a ' + scheme + ':// URL' if scheme else 'a relative path'}"
         )
     return SqliteLedger(path)
+
+
+def ledger_ahead(ledger: Ledger | None) -> int:
+    """Dispatch's ``ledger_ahead`` for ``ledger``: fewer for the task state store's one value."""
+    if isinstance(ledger, TaskStateStoreLedger):
+        return TaskStateStoreLedger.LEDGER_AHEAD
+    return DEFAULT_LEDGER_AHEAD
 
 
 def ledger_for(context: Context, hook: SendmuxHook) -> Ledger | None:

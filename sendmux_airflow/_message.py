@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sendmux_airflow._common import ProgressLog, address_list, check_report
+from sendmux_airflow._ledger import ledger_ahead
 from sendmux_airflow._rendered import literal_recipients, literal_template
 from sendmux_airflow.hooks.sendmux import SendmuxHook
 from sendmux_dispatch.dispatch import adispatch, dispatch
@@ -113,6 +114,7 @@ def send_each(
             max_failures=XCOM_FAILURES,
             results_path=results_path,
             ledger=ledger,
+            ledger_ahead=ledger_ahead(ledger),
         )
     finally:
         hook.close()

@@ -83,6 +83,7 @@ from sendmux_dispatch.report import (
 from sendmux_dispatch.retry import LONG_WAIT_SECONDS, RetryPolicy
 
 __all__ = [
+    "DEFAULT_LEDGER_AHEAD",
     "DEFAULT_MAX_CONSECUTIVE_FAILURES",
     "PACER_UNAVAILABLE_AFTER",
     "AsyncDispatcher",
@@ -101,6 +102,11 @@ Template = Personalizer | Mapping[str, Any] | BaseModel
 
 #: Default of ``max_consecutive_failures``: batches in a row failing the same way.
 DEFAULT_MAX_CONSECUTIVE_FAILURES = 5
+
+#: Default of ``ledger_ahead``: batches recorded pending ahead of the sends. A
+#: write round takes 10 to 30 ms behind a busy planner (benchmarks.md, "Send
+#: ledger"), in which it plans 4 to 12 batches: 32 keeps it from waiting.
+DEFAULT_LEDGER_AHEAD = 32
 
 logger = logging.getLogger(__name__)
 
@@ -718,6 +724,11 @@ class DispatchOptions:
       ``stop_cause == "outage"``; 0 disables the breaker.
     * ``ledger``: a :class:`~sendmux_dispatch.ledger.Ledger` that makes re-runs
       exactly once even when the list changed (docs/ledger.md); needs ``dedupe``.
+    * ``ledger_ahead``: with a ledger, batches planned and recorded pending
+      ahead of the sends at most (0 or more), so recording them never holds the
+      planner up; each is a pending intent a killed run leaves for its re-run
+      to replay. Lower it for a store whose values are small (the Airflow task
+      state store keeps every pending intent in one value).
     """
 
     concurrency: int = 4
@@ -731,6 +742,7 @@ class DispatchOptions:
     per_message_keys: bool = False
     max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES
     ledger: Ledger | None = None
+    ledger_ahead: int = DEFAULT_LEDGER_AHEAD
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -739,6 +751,8 @@ class DispatchOptions:
             raise ValueError("max_resends must be 0 or more")
         if self.max_consecutive_failures < 0:
             raise ValueError("max_consecutive_failures must be 0 (no breaker) or more")
+        if self.ledger_ahead < 0:
+            raise ValueError("ledger_ahead must be 0 or more batches")
         if self.ledger is not None and not self.dedupe:
             raise ValueError("a ledger records each address once: dedupe must stay on with it")
 
@@ -761,6 +775,7 @@ class DispatchKwargs(TypedDict, total=False):
     per_message_keys: bool
     max_consecutive_failures: int
     ledger: Ledger | None
+    ledger_ahead: int
 
 
 # What the job loop (``_Job.steps``) needs done; each driver carries these out
@@ -866,11 +881,12 @@ class _Job:
             None if options.ledger is None else LedgerWriter(options.ledger, self.job_key)
         )
         # Batches taken from the plan, not yet handed to a driver. With a ledger
-        # the plan runs up to ``concurrency`` batches ahead of the sends, each
+        # the plan runs up to ``ledger_ahead`` batches ahead of the sends, each
         # begun as it is taken: their begins share the writer's rounds while
-        # the batches before them are sent (docs/ledger.md, "Group commit").
+        # the batches before them are sent, so a round's latency (a few GIL
+        # hand-offs behind this busy thread) is hidden (docs/ledger.md, "Group commit").
         ready: deque[_Submit] = deque()
-        ahead = options.concurrency if writer is not None else 0
+        ahead = options.ledger_ahead if writer is not None else 0
         try:
             for item in plan:
                 if isinstance(item, Lookup):

@@ -22,7 +22,7 @@ from sendmux_airflow._bulk_run import (
 )
 from sendmux_airflow._bulk_source import Item, file_recipients, list_recipients, with_shared
 from sendmux_airflow._common import ProgressLog, check_report
-from sendmux_airflow._ledger import ledger_for
+from sendmux_airflow._ledger import ledger_ahead, ledger_for
 from sendmux_airflow._message import XCOM_FAILURES, build_template
 from sendmux_airflow.hooks.sendmux import SendmuxHook
 from sendmux_dispatch.dispatch import dispatch
@@ -152,6 +152,7 @@ class SendmuxBulkSendOperator(BaseOperator):
                     results_path=results,
                     concurrency=self.concurrency,
                     ledger=ledger,
+                    ledger_ahead=ledger_ahead(ledger),
                 )
             finally:
                 hook.close()
