@@ -8,9 +8,9 @@ Two measurements, each against the same run without a ledger:
    generated rows and marketing template, ``PlannedBatch.to_json()`` on every
    batch. With a ledger, planning also makes one ``accepted_among`` per 100
    recipients, and every batch one ``begin`` and one ``finish`` (all its
-   members accepted). Those two run where dispatch runs them: in the batch's
-   worker thread (4 in flight, as ``concurrency=4``), beside the planning
-   thread. Every run uses a fresh job key; the "first run" rows skip the
+   members accepted). Those two are made as dispatch makes them: queued on
+   the job's ``LedgerWriter``, whose thread stores them in group-commit
+   rounds (see ``run_pipeline``). Every run uses a fresh job key; the "first run" rows skip the
    lookups as dispatch does for a job the ledger holds nothing of, the
    "resumed" rows make them (nothing is found: the cost of asking). Runs are
    interleaved; figures are the median.
@@ -358,10 +358,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "## Send ledger (planning throughput and memory)",
         "",
         f"Throughput: {n:,} recipients per run through bench_render's pipeline and template; "
-        "with a ledger, a `begin` + `finish` per batch in "
-        f"{CONCURRENCY} worker threads (as dispatch makes them) and, for a resumed job, one "
+        "with a ledger, every batch begun and finished through the job's `LedgerWriter` "
+        "(group commit) as dispatch makes them: begun as the planner takes it, at most "
+        f"{AHEAD} + {CONCURRENCY} begins not yet stored (dispatch's `ledger_ahead` and "
+        "`concurrency`), each batch's send instant and all accepted, its finish queued "
+        "without waiting, the writer flushed at the end; for a resumed job, one "
         "`accepted_among` per 100 recipients in the planning thread (a first run skips "
-        "them); a fresh job key per run. Median of "
+        "them). The context rows hand each batch to worker threads as dispatch does "
+        "(compared with the same hand-over without a ledger), or call `begin` and `finish` "
+        "in the planning thread. A fresh job key per run. Median of "
         f"{args.repeats} interleaved runs after one warm-up each.",
         "",
         "```",
@@ -421,10 +426,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         ok = ok and memory_ok
     notes.append(
-        "Where the time goes (each time a worker thread takes the GIL back from the busy "
-        "planning thread, ~3 to 5 ms) and the next steps (`finish` folded into the next "
-        "write, `begin` made before the batch is handed to a worker): docs/ledger.md, "
-        '"Memory and cost".'
+        "How the writer works, where the time still goes and what is next: docs/ledger.md, "
+        '"Group commit".'
     )
     parts += [" ".join(verdicts), "", *notes]
     markdown = "\n".join(parts)
