@@ -226,6 +226,11 @@ def test_a_rerun_after_a_crash_and_an_edited_list_mails_nobody_twice_and_nobody_
     assert report.queued + report.already_accepted == len(final)
 
 
+#: The crash-window job: 50 batches, more than dispatch begins ahead of the sends
+#: (ledger_ahead 32 plus 2 in flight), so the kill lands with batches still unsent.
+ROWS_KILLED = 5000
+
+
 def _child_killed_in_the_crash_window(url: str, api_key: str, path: str, driver: str) -> None:
     """Runs in a child: the write of the 2nd finish kills the process with SIGKILL first."""
 
@@ -239,7 +244,7 @@ def _child_killed_in_the_crash_window(url: str, api_key: str, path: str, driver:
 
     ledger = Killing(SqliteLedger(path), "finish", at=2, error=Crash())
     sandbox = type("S", (), {"sending_url": url, "management_url": url, "api_key": api_key})
-    run_job(driver, sandbox, [person(i) for i in range(500)], ledger)
+    run_job(driver, sandbox, [person(i) for i in range(ROWS_KILLED)], ledger)
 
 
 @DRIVERS
@@ -266,17 +271,17 @@ def test_a_process_killed_between_the_answer_and_the_ledger_write_replays_under_
     assert child.returncode == -signal.SIGKILL, child.stderr
     killed_key = child.stdout.strip().splitlines()[-1]
     sent = deliveries(sandbox)
-    assert 100 <= sum(sent.values()) < 500
+    assert 100 <= sum(sent.values()) < ROWS_KILLED
     with SqliteLedger(path) as ledger:
         assert killed_key in {intent.key for intent in ledger.pending(JOB)}
         replays_before = sandbox.stats()["idempotent_replays"]
         # Rows inserted at the top move every batch; the pending one is rebuilt as it was.
-        rows = [*(person(i, "top") for i in range(7)), *(person(i) for i in range(500))]
+        rows = [*(person(i, "top") for i in range(7)), *(person(i) for i in range(ROWS_KILLED))]
         report = run_job(driver, sandbox, rows, ledger)
         assert ledger.pending(JOB) == []
         stats = ledger.stats(JOB)
         assert stats is not None
-        assert stats.accepted == 507
+        assert stats.accepted == ROWS_KILLED + 7
 
     check_totals(report)
     assert report.ok, report.summary_line()
