@@ -578,8 +578,8 @@ def _record(
     loop checks before each batch, so the job stops as it did when the batch
     waited.
     """
-    done = writer.finish(key, accepted, successor)
-    if successor is not None:
+    done = writer.finish(key, accepted, successor, wait=successor is not None)
+    if done is not None:
         reply = yield _Wait(done)
         if isinstance(reply, SendmuxError):
             return reply

@@ -46,7 +46,7 @@ class LedgerWriter:
         #: What ended the writer's rounds, if anything: every later call fails with it.
         self.error: BaseException | None = None
         self._cond = threading.Condition()
-        self._finishes: list[tuple[Finish, Future[None]]] = []
+        self._finishes: list[tuple[Finish, Future[None] | None]] = []
         self._begins: list[tuple[Intent, Future[set[int]]]] = []
         self._writing = False
         self._closed = False
@@ -66,10 +66,19 @@ class LedgerWriter:
         return future
 
     def finish(
-        self, key: str, accepted: Sequence[int], successor: Intent | None = None
-    ) -> Future[None]:
-        """Queue ``ledger.finish``; the future is done once it is stored."""
-        future: Future[None] = Future()
+        self,
+        key: str,
+        accepted: Sequence[int],
+        successor: Intent | None = None,
+        *,
+        wait: bool = False,
+    ) -> Future[None] | None:
+        """Queue ``ledger.finish``; with ``wait``, a future done once it is stored.
+
+        Without, nothing to wait for (most answers: no future to make and
+        resolve per batch); a failure shows in :attr:`error` and :meth:`flush`.
+        """
+        future: Future[None] | None = Future() if wait else None
         with self._cond:
             if self._accepting(future):
                 self._finishes.append((Finish(key, accepted, successor), future))
@@ -107,10 +116,11 @@ class LedgerWriter:
 
     # ------------------------------------------------------------ the thread
 
-    def _accepting(self, future: Future[set[int]] | Future[None]) -> bool:
+    def _accepting(self, future: Future[set[int]] | Future[None] | None) -> bool:
         # Called holding the condition.
         if self.error is not None:
-            future.set_exception(self.error)
+            if future is not None:
+                future.set_exception(self.error)
             return False
         if self._closed:
             raise RuntimeError("this LedgerWriter is closed")
@@ -140,7 +150,7 @@ class LedgerWriter:
 
     def _write(
         self,
-        finishes: list[tuple[Finish, Future[None]]],
+        finishes: list[tuple[Finish, Future[None] | None]],
         begins: list[tuple[Intent, Future[set[int]]]],
     ) -> None:
         try:
@@ -159,11 +169,13 @@ class LedgerWriter:
                 late_finishes, self._finishes = self._finishes, []
                 late_begins, self._begins = self._begins, []
             for _, done in (*finishes, *late_finishes):
-                done.set_exception(exc)
+                if done is not None:
+                    done.set_exception(exc)
             for _, begun in (*begins, *late_begins):
                 begun.set_exception(exc)
             return
         for _, done in finishes:
-            done.set_result(None)
+            if done is not None:
+                done.set_result(None)
         for (_, begun), answer in zip(begins, answers, strict=True):
             begun.set_result(answer)

@@ -165,11 +165,12 @@ def test_the_writer_groups_what_was_queued_during_a_round(tmp_path: Path) -> Non
         while not rounds:
             threading.Event().wait(0.001)
         later = [writer.begin(Intent(f"k{i}", (i + 1,))) for i in range(1, 30)]
-        done = writer.finish("k0", (1,))
+        done = writer.finish("k0", (1,), wait=True)
         gate.set()
         writer.flush()
         assert first.result() == set()
         assert [future.result() for future in later] == [set()] * 29
+        assert done is not None
         assert done.result() is None
         assert rounds == [(0, 1), (1, 29)]
         assert inner.accepted_among(JOB, [1]) == {1}
@@ -192,8 +193,10 @@ def test_a_failed_round_fails_its_callers_and_every_later_call(tmp_path: Path) -
         with pytest.raises(LedgerUnavailableError):
             writer.flush()
         assert writer.error is outage
-        later = writer.finish("a", (1,))
+        later = writer.finish("a", (1,), wait=True)
+        assert later is not None
         assert later.exception(timeout=0) is outage
+        assert writer.finish("a", (1,)) is None  # not waited for: the error is the record
         writer.close()
 
 
