@@ -36,6 +36,7 @@ import argparse
 import gc
 import itertools
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,13 +81,6 @@ MB = 1024 * 1024
 _keys = itertools.count()
 
 
-def _record(ledger: Ledger, job_key: str, batch: PlannedBatch) -> None:
-    digests = batch.digests
-    if ledger.begin(job_key, Intent(batch.idempotency_key, digests)):
-        raise SystemExit("begin found members taken on a fresh job key: fix that first")
-    ledger.finish(job_key, batch.idempotency_key, digests)
-
-
 def _answered(writer: LedgerWriter, batch: PlannedBatch, begun: Future[set[int]]) -> None:
     """A batch's send, once its begin is stored: instant, all accepted; the finish queued."""
     if begun.result():
@@ -99,7 +93,6 @@ def run_pipeline(
     ledger: Ledger | None,
     *,
     lookups: bool = False,
-    serial: bool = False,
     pool: ThreadPoolExecutor | None = None,
 ) -> int:
     """Plan ``n`` rows, build every body; with a ledger, record every batch in it.
@@ -121,7 +114,6 @@ def run_pipeline(
       ``CONCURRENCY`` worker threads that waits for its begin and queues
       its finish, as dispatch's workers do; with no ledger, the same hand-over
       of an empty batch (the cost of dispatch's threads, ledger or not).
-    - ``serial`` (context): ``begin`` and ``finish`` called in the planning thread.
     """
     job_key = f"bench-ledger-{next(_keys)}-{uuid.uuid4().hex[:8]}"
     stage = (
@@ -129,7 +121,7 @@ def run_pipeline(
         if ledger is None
         else LedgerStage(partial(ledger.accepted_among, job_key), fresh=not lookups)
     )
-    writer = None if ledger is None or serial else LedgerWriter(ledger, job_key)
+    writer = None if ledger is None else LedgerWriter(ledger, job_key)
     waiting: deque[Future[set[int]] | Future[None]] = deque()
     messages = 0
     for item in plan_batches(TEMPLATE, rows(n), job_key=job_key, ledger=stage):
@@ -137,14 +129,9 @@ def run_pipeline(
             raise SystemExit(f"the pipeline did not plan every row ({item!r}); fix that first")
         item.to_json()
         messages += len(item)
-        if ledger is not None and writer is None:
-            _record(ledger, job_key, item)
-            continue
-        if writer is None and pool is None:
-            continue
         if writer is None:
-            assert pool is not None
-            waiting.append(pool.submit(len, item.recipients))  # the hand-over alone
+            if pool is not None:
+                waiting.append(pool.submit(len, item.recipients))  # the hand-over alone
             continue
         begun = writer.begin(Intent(item.idempotency_key, item.digests))
         if pool is not None:
@@ -185,8 +172,6 @@ LABELS = {
     "pool-none": "no ledger, each batch handed to one of 4 worker threads (context)",
     "pool-sqlite": "`SqliteLedger`, a first run, the workers wait for begin (context)",
     "pool-redis": "`RedisLedger`, a first run, the workers wait for begin (context)",
-    "sqlite-serial": "`SqliteLedger`, a first run, begin/finish in the planning thread (context)",
-    "redis-serial": "`RedisLedger`, a first run, begin/finish in the planning thread (context)",
 }
 #: Rows the target is judged on: the calls where dispatch makes them.
 JUDGED = ("sqlite", "redis", "sqlite-lookups", "redis-lookups")
@@ -207,13 +192,11 @@ def throughput(
         "sqlite-lookups": lambda: run_pipeline(n, sqlite, lookups=True),
         "pool-none": lambda: run_pipeline(n, None, pool=pool),
         "pool-sqlite": lambda: run_pipeline(n, sqlite, pool=pool),
-        "sqlite-serial": lambda: run_pipeline(n, sqlite, serial=True),
     }
     if redis_ledger is not None:
         contenders["redis"] = lambda: run_pipeline(n, redis_ledger)
         contenders["redis-lookups"] = lambda: run_pipeline(n, redis_ledger, lookups=True)
         contenders["pool-redis"] = lambda: run_pipeline(n, redis_ledger, pool=pool)
-        contenders["redis-serial"] = lambda: run_pipeline(n, redis_ledger, serial=True)
     else:
         notes.append(f"Redis at {redis_url} was not reachable: no Redis rows.")
     try:
@@ -330,7 +313,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         memory_runs = memory(args.memory_n, args.redis_url, directory) if args.memory_n else {}
 
     def ratio(name: str) -> float:
-        return timings[name].median_rate / timings[BASELINE.get(name, "none")].median_rate
+        # Paired: each round's run against its baseline's run of the same round
+        # (interleaved, seconds apart), then the median over the rounds. On a
+        # shared machine whose speed drifts, pairs cancel what medians of
+        # separate runs do not.
+        base = timings[BASELINE.get(name, "none")].seconds
+        return statistics.median(b / s for b, s in zip(base, timings[name].seconds, strict=True))
 
     rows_ = [
         [
@@ -342,7 +330,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, timing in timings.items()
     ]
     table = markdown_table(
-        ["pipeline", "messages/s (median)", "messages/s (best)", "vs the same without a ledger"],
+        [
+            "pipeline",
+            "messages/s (median)",
+            "messages/s (best)",
+            "vs the same without a ledger (median of paired rounds)",
+        ],
         rows_,
     )
     checked = [name for name in JUDGED if name in timings]
@@ -365,9 +358,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "without waiting, the writer flushed at the end; for a resumed job, one "
         "`accepted_among` per 100 recipients in the planning thread (a first run skips "
         "them). The context rows hand each batch to worker threads as dispatch does "
-        "(compared with the same hand-over without a ledger), or call `begin` and `finish` "
-        "in the planning thread. A fresh job key per run. Median of "
-        f"{args.repeats} interleaved runs after one warm-up each.",
+        "(compared with the same hand-over without a ledger). A fresh job key per run. "
+        f"{args.repeats} interleaved rounds after one warm-up each; rates are medians, "
+        "ratios the median over rounds of each run against its baseline's run in the same "
+        "round (the machine's speed drifts between rounds).",
         "",
         "```",
         command_line(),
