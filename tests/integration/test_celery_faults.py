@@ -266,6 +266,11 @@ FAULTS: dict[str, Any] = {
     "slow_after_accept": 0.03,
     "slow_seconds": 1.5,
     "latency": 0.05,
+    # Seeded dice: the same faults on the same request numbers every run. With
+    # this seed requests 0 and 2 are answered-then-lost, so the 12 batches before
+    # the outage always meet the after-acceptance faults (unseeded, ~70 requests
+    # missed all of them about once in fifty runs, and the check below failed).
+    "seed": 15,
 }
 OUTAGE_SECONDS = 60.0
 
