@@ -18,9 +18,10 @@ MAX_ROUND = 256
 class LedgerWriter:
     """Stores one job's ``begin`` and ``finish`` calls, many per write (group commit).
 
-    Every call only queues the event and returns a future; the writer's
-    thread takes everything queued since its last write and stores it with
-    one :func:`~sendmux_dispatch.ledger.record` call (one SQLite transaction,
+    Every call only queues the event (``begin`` returns a future of its
+    answer, ``finish`` one when asked to ``wait``); the writer's thread
+    takes everything queued since its last write and stores it with one
+    :func:`~sendmux_dispatch.ledger.record` call (one SQLite transaction,
     one Redis round trip), the finishes first, then the begins, then resolves
     the futures. So the number of writes, and of the GIL hand-offs each
     statement or socket call costs behind a busy planning thread, is per
