@@ -231,16 +231,27 @@ def test_three_workers_killed_mid_job_lose_and_duplicate_nothing(
     tag = uuid.uuid4().hex[:8]
     # Each request held a little, so batches are in flight when a kill lands.
     sandbox.set_faults(latency=0.3)
-    job = send_bulk(
-        workers[0].producer, TEMPLATE, _rows(10_000, tag), job_key=f"kills/{tag}", queue=queue
-    )
+
+    def bulk() -> BulkJob:
+        rows = _rows(10_000, tag)
+        return send_bulk(workers[0].producer, TEMPLATE, rows, job_key=f"kills/{tag}", queue=queue)
+
+    job = bulk()
     for kill in range(3):
         target = 20 * (kill + 1)
         wait_for(lambda: job.progress().batches_done >= target, 90, f"{target} batches done")
         workers.pop(0).kill()
         assert job.progress().in_flight > 0
         workers.append(start_worker(url, queue=queue, **env))
-    report = job.wait(timeout=120)
+    if broker == "rabbitmq":
+        report = job.wait(timeout=120)
+    else:
+        # A kill that lands between kombu's BRPOP and its unacked record loses
+        # that batch's message (docs/celery.md): the job stalls with nothing
+        # queued or unacked, and the documented recovery, a re-run, completes it.
+        notes: list[str] = []
+        report = _complete_after_outage(job, bulk, lambda: _broker_idle(url, queue), notes)
+        print("recoveries:", notes or "none")
     sandbox.set_faults()
 
     assert report.ok, report.summary_line()
@@ -417,13 +428,31 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
     server.kill()
 
 
+def _broker_idle(url: str, queue: str) -> bool:
+    """Nothing waits in ``queue`` and no message routed to it is unacked, on a
+    Redis broker other tests may share (False when unreachable)."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    try:
+        if client.llen(queue):
+            return False
+        # kombu's unacked hash: delivery tag -> [message, exchange, routing key].
+        held = client.hvals("unacked")
+        return not any(json.loads(value)[2] == queue for value in held)
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
 def _complete_after_outage(
     job: BulkJob,
     rerun: Callable[[], BulkJob],
-    broker: OwnRedis,
-    worker: Worker,
-    replace: Callable[[], Worker],
+    idle: Callable[[], bool],
     notes: list[str],
+    worker: Worker | None = None,
+    replace: Callable[[], Worker] | None = None,
 ) -> Any:
     """Wait for ``job`` as an operator would after a broker outage, noting each recovery.
 
@@ -431,17 +460,18 @@ def _complete_after_outage(
     docs/celery.md, "Broker outages"): the worker exits (``Unrecoverable
     error``; a supervisor restarts it, as systemd or Kubernetes would), or a
     batch taken at the instant of the kill is lost (BRPOP, then its unacked
-    record: two steps). A lost batch shows as a job in flight with the queue
-    and the unacked set empty; the documented recovery is a re-run.
+    record: two steps; a worker killed at that instant loses it too). A lost
+    batch shows as a job in flight with the queue and the unacked set empty
+    (``idle``); the documented recovery is a re-run.
     """
     deadline = time.monotonic() + 120
     idle_since: float | None = None
     while not (progress := job.progress()).done:
         assert time.monotonic() < deadline, f"job not done: {progress}"
-        if worker.process.poll() is not None:
+        if worker is not None and replace is not None and worker.process.poll() is not None:
             notes.append("worker exited; restarted")
             worker = replace()
-        if broker.idle(worker.queue) and progress.in_flight:
+        if idle() and progress.in_flight:
             idle_since = idle_since or time.monotonic()
             if time.monotonic() - idle_since > 3 and not any("re-run" in n for n in notes):
                 notes.append(f"re-run: {progress.in_flight} batch(es) lost by the broker")
@@ -483,10 +513,10 @@ def test_redis_broker_killed_and_restarted_mid_job_resumes_and_delivers_once(
     report = _complete_after_outage(
         job,
         lambda: bulk(_rows(6_000, tag)),
-        own_redis,
+        lambda: own_redis.idle(worker.queue),
+        notes,
         worker,
         lambda: start_worker(own_redis.url, queue=worker.queue, **env),
-        notes,
     )
     sandbox.set_faults()
     print("recoveries:", notes or "none")
