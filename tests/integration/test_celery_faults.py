@@ -577,7 +577,9 @@ def test_producer_that_loses_the_broker_fails_clearly_and_a_rerun_completes_the_
         )
 
     notes: list[str] = []
-    report = _complete_after_outage(bulk(), bulk, own_redis, worker, replace, notes)
+    report = _complete_after_outage(
+        bulk(), bulk, lambda: own_redis.idle(worker.queue), notes, worker, replace
+    )
     print("recoveries:", notes or "none")
 
     assert report.ok, report.summary_line()
