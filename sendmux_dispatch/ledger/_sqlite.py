@@ -302,39 +302,7 @@ class SqliteLedger:
         return self._read("read pending batches", query)
 
     def begin(self, job_key: str, intent: Intent) -> set[int]:
-        _check_job_key(job_key)
-        values = _json(intent.digests)
-        members = _pack(intent.digests)
-
-        def write(conn: sqlite3.Connection) -> set[int]:
-            now = time.time()
-            with self._write(conn):
-                job = self._touch(conn, job_key, now)
-                # Pending intents are few (what was in flight), so their members
-                # are checked here rather than kept in an index: an index row per
-                # member would double the random page writes of every batch.
-                # Both checks in one statement (one step): the members already
-                # accepted, and every other pending intent's members as hex.
-                accepted, others = conn.execute(
-                    "SELECT (SELECT json_group_array(digest) FROM accepted "
-                    "WHERE job = ?1 AND digest IN (SELECT value FROM json_each(?2))), "
-                    "(SELECT group_concat(hex(members), '') FROM intents "
-                    "WHERE job = ?1 AND key != ?3)",
-                    (job, values, intent.key),
-                ).fetchone()
-                taken = _from_json(accepted)
-                if others:
-                    taken.update(set(intent.digests).intersection(_unpack(bytes.fromhex(others))))
-                if taken:
-                    return taken
-                conn.execute(
-                    "INSERT INTO intents (job, key, attempt, created, members) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (job, key) DO NOTHING",
-                    (job, intent.key, intent.attempt, now, members),
-                )
-                return taken
-
-        return self._run("record a pending batch", write)
+        return self._record(job_key, (), (intent,), "record a pending batch")[0]
 
     def finish(
         self,
@@ -343,31 +311,7 @@ class SqliteLedger:
         accepted: Sequence[int],
         successor: Intent | None = None,
     ) -> None:
-        _check_job_key(job_key)
-        _check_digests(accepted)
-        # Sorted, so the inserts walk the digest index in order.
-        values = _json(sorted(accepted)) if accepted else "[]"
-
-        def write(conn: sqlite3.Connection) -> None:
-            now = time.time()
-            with self._write(conn):
-                job = self._touch(conn, job_key, now)
-                conn.execute(
-                    "INSERT OR IGNORE INTO accepted (job, digest) "
-                    "SELECT ?, value FROM json_each(?) ORDER BY value",
-                    (job, values),
-                )
-                gone = conn.execute(
-                    "DELETE FROM intents WHERE job = ? AND key = ?", (job, key)
-                ).rowcount
-                if gone and successor is not None:
-                    conn.execute(
-                        "INSERT INTO intents (job, key, attempt, created, members) "
-                        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (job, key) DO NOTHING",
-                        (job, successor.key, successor.attempt, now, _pack(successor.digests)),
-                    )
-
-        self._run("record a batch result", write)
+        self._record(job_key, (Finish(key, accepted, successor),), (), "record a batch result")
 
     def record(
         self, job_key: str, finishes: Sequence[Finish], begins: Sequence[Intent]
@@ -377,7 +321,13 @@ class SqliteLedger:
         The statements per round stay the same whatever the number of events
         (all digests travel as one JSON parameter each), so the GIL hand-offs
         and the transaction's fixed cost are shared by the whole round.
+        ``begin`` and ``finish`` are a round of one.
         """
+        return self._record(job_key, finishes, begins, "record batch events")
+
+    def _record(
+        self, job_key: str, finishes: Sequence[Finish], begins: Sequence[Intent], what: str
+    ) -> list[set[int]]:
         _check_job_key(job_key)
         if not finishes and not begins:
             return []
@@ -401,7 +351,7 @@ class SqliteLedger:
                     return []
                 return self._record_begins(conn, job, begins, begin_json, begin_keys, now)
 
-        return self._run("record batch events", write)
+        return self._run(what, write)
 
     @staticmethod
     def _record_finishes(
@@ -449,6 +399,9 @@ class SqliteLedger:
         # One step reads all the round's begins need: which of their members are
         # accepted, the members of every other pending intent, and those of
         # intents already stored under one of the round's keys (usually none).
+        # Pending intents are few (what was in flight), so their members are
+        # checked here rather than kept in an index: an index row per member
+        # would double the random page writes of every batch.
         accepted, others, stored = conn.execute(
             "SELECT (SELECT json_group_array(digest) FROM accepted "
             "WHERE job = ?1 AND digest IN (SELECT value FROM json_each(?2))), "
