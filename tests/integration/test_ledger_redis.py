@@ -320,92 +320,95 @@ def _start_redis(port: int, directory: Path) -> subprocess.Popen[bytes]:
     pytest.fail("the test's own redis-server did not start")
 
 
+class OwnRedis:
+    """A redis-server of the test's own (append-only, on a free port) to kill and restart."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.directory = directory
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = _start_redis(self.port, self.directory)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def impatient_ledger(self) -> RedisLedger:
+        """A ledger that gives up on this server within 1.5 s (0.5 s per attempt)."""
+        return RedisLedger(self.url, unavailable_after=1.5, socket_timeout=0.5)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    server = OwnRedis(tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
 def test_redis_down_raises_after_the_bounded_wait_and_works_after_a_restart(
-    tmp_path: Path,
+    own_redis: OwnRedis,
 ) -> None:
-    port = _free_port()
-    proc = _start_redis(port, tmp_path)
-    try:
-        ledger = RedisLedger(
-            f"redis://127.0.0.1:{port}/0", unavailable_after=1.5, socket_timeout=0.5
-        )
-        a, b, c = digests("a@x.com", "b@x.com", "c@x.com")
-        ledger.begin(JOB, Intent("k-1", (a, b)))
-        ledger.finish(JOB, "k-1", accepted=(a, b))
-        ledger.begin(JOB, Intent("k-2", (c,)))
+    ledger = own_redis.impatient_ledger()
+    a, b, c = digests("a@x.com", "b@x.com", "c@x.com")
+    ledger.begin(JOB, Intent("k-1", (a, b)))
+    ledger.finish(JOB, "k-1", accepted=(a, b))
+    ledger.begin(JOB, Intent("k-2", (c,)))
 
-        proc.kill()  # mid-job: Redis is gone
-        proc.wait(timeout=10)
-        started = time.monotonic()
-        with pytest.raises(LedgerUnavailableError) as caught:
-            ledger.finish(JOB, "k-2", accepted=(c,))
-        waited = time.monotonic() - started
-        assert 1.4 <= waited < 6
-        error = caught.value
-        assert error.backend == "redis"
-        assert error.retryable
-        assert f"127.0.0.1:{port}/0" in str(error)
-        with pytest.raises(LedgerUnavailableError):
-            ledger.accepted_among(JOB, (a,))
-
-        proc = _start_redis(port, tmp_path)  # back, from its append-only file
-        assert ledger.accepted_among(JOB, (a, b, c)) == {a, b}
-        [pending] = ledger.pending(JOB)  # the unrecorded answer is still pending
-        assert pending.key == "k-2"
+    own_redis.kill()  # mid-job: Redis is gone
+    started = time.monotonic()
+    with pytest.raises(LedgerUnavailableError) as caught:
         ledger.finish(JOB, "k-2", accepted=(c,))
-        assert ledger.accepted_among(JOB, (a, b, c)) == {a, b, c}
-        assert ledger.pending(JOB) == []
-        ledger.close()
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
+    waited = time.monotonic() - started
+    assert 1.4 <= waited < 6
+    error = caught.value
+    assert error.backend == "redis"
+    assert error.retryable
+    assert f"127.0.0.1:{own_redis.port}/0" in str(error)
+    with pytest.raises(LedgerUnavailableError):
+        ledger.accepted_among(JOB, (a,))
+
+    own_redis.start()  # back, from its append-only file
+    assert ledger.accepted_among(JOB, (a, b, c)) == {a, b}
+    [pending] = ledger.pending(JOB)  # the unrecorded answer is still pending
+    assert pending.key == "k-2"
+    ledger.finish(JOB, "k-2", accepted=(c,))
+    assert ledger.accepted_among(JOB, (a, b, c)) == {a, b, c}
+    assert ledger.pending(JOB) == []
+    ledger.close()
 
 
-def test_a_redis_that_comes_back_within_the_wait_costs_nothing(tmp_path: Path) -> None:
-    port = _free_port()
-    proc = _start_redis(port, tmp_path)
-    try:
-        ledger = RedisLedger(f"redis://127.0.0.1:{port}/0", unavailable_after=20)
-        (a,) = digests("a@x.com")
-        ledger.begin(JOB, Intent("k-1", (a,)))
-        proc.kill()
-        proc.wait(timeout=10)
-        restarted: list[subprocess.Popen[bytes]] = []
-        timer = threading.Timer(1.0, lambda: restarted.append(_start_redis(port, tmp_path)))
-        timer.start()
-        ledger.finish(JOB, "k-1", accepted=(a,))  # waits through the outage
-        timer.join()
-        proc = restarted[0]
-        assert ledger.accepted_among(JOB, (a,)) == {a}
-        ledger.close()
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
+def test_a_redis_that_comes_back_within_the_wait_costs_nothing(own_redis: OwnRedis) -> None:
+    ledger = RedisLedger(own_redis.url, unavailable_after=20)
+    (a,) = digests("a@x.com")
+    ledger.begin(JOB, Intent("k-1", (a,)))
+    own_redis.kill()
+    timer = threading.Timer(1.0, own_redis.start)
+    timer.start()
+    ledger.finish(JOB, "k-1", accepted=(a,))  # waits through the outage
+    timer.join()
+    assert ledger.accepted_among(JOB, (a,)) == {a}
+    ledger.close()
 
 
 def test_record_on_a_redis_that_is_down_raises_in_time_and_can_be_repeated_whole(
-    tmp_path: Path,
+    own_redis: OwnRedis,
 ) -> None:
-    port = _free_port()
-    proc = _start_redis(port, tmp_path)
-    try:
-        ledger = RedisLedger(
-            f"redis://127.0.0.1:{port}/0", unavailable_after=1.5, socket_timeout=0.5
-        )
-        _before_the_round(ledger)
-        proc.kill()
-        proc.wait(timeout=10)
-        started = time.monotonic()
-        with pytest.raises(LedgerUnavailableError) as caught:
-            ledger.record(JOB, FINISHES, BEGINS)
-        assert 1.4 <= time.monotonic() - started < 6
-        assert caught.value.backend == "redis"
+    ledger = own_redis.impatient_ledger()
+    _before_the_round(ledger)
+    own_redis.kill()
+    started = time.monotonic()
+    with pytest.raises(LedgerUnavailableError) as caught:
+        ledger.record(JOB, FINISHES, BEGINS)
+    assert 1.4 <= time.monotonic() - started < 6
+    assert caught.value.backend == "redis"
 
-        proc = _start_redis(port, tmp_path)
-        assert [i.key for i in ledger.pending(JOB)] == ["k-1", "k-2"]  # nothing of the round
-        assert ledger.record(JOB, FINISHES, BEGINS) == ANSWERS  # the round, repeated whole
-        assert [i.key for i in ledger.pending(JOB)] == ["k-2-r1", "k-5", "k-7"]
-        ledger.close()
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
+    own_redis.start()
+    assert [i.key for i in ledger.pending(JOB)] == ["k-1", "k-2"]  # nothing of the round
+    assert ledger.record(JOB, FINISHES, BEGINS) == ANSWERS  # the round, repeated whole
+    assert [i.key for i in ledger.pending(JOB)] == ["k-2-r1", "k-5", "k-7"]
+    ledger.close()
