@@ -159,11 +159,32 @@ def test_ledger_keeps_the_protocol_and_survives_a_reload() -> None:
     assert TaskStateStoreLedger(store, JOB).stats(JOB) is None
 
 
-def _expected_after(count: int) -> tuple[set[int], dict[str, tuple[tuple[int, ...], int]]]:
-    store = MemoryStore()
-    ledger = TaskStateStoreLedger(store, JOB, chunk_digests=4)
-    _run(ledger, STEPS[:count])
+def _expected_after(
+    count: int, steps: list[tuple[str, tuple[Any, ...]]] = STEPS
+) -> tuple[set[int], dict[str, tuple[tuple[int, ...], int]]]:
+    ledger = TaskStateStoreLedger(MemoryStore(), JOB, chunk_digests=4)
+    _run(ledger, steps[:count])
     return _state(ledger)
+
+
+def _killed_at(
+    kill_at: int, steps: list[tuple[str, tuple[Any, ...]]]
+) -> tuple[MemoryStore, TaskStateStoreLedger, int]:
+    """``steps`` on a store that dies before its write number ``kill_at``: the store
+    (alive again), the ledger and how many steps completed."""
+    store = MemoryStore()
+    store.kill_at = kill_at
+    ledger = TaskStateStoreLedger(store, JOB, chunk_digests=4)
+    done = 0
+    try:
+        for name, args in steps:
+            getattr(ledger, name)(JOB, *args)
+            done += 1
+    except Killed:
+        pass
+    assert done < len(steps), kill_at
+    store.kill_at = None
+    return store, ledger, done
 
 
 def test_a_try_killed_between_any_two_writes_leaves_a_state_the_retry_reads_safely() -> None:
@@ -171,18 +192,7 @@ def test_a_try_killed_between_any_two_writes_leaves_a_state_the_retry_reads_safe
     _run(TaskStateStoreLedger(total, JOB, chunk_digests=4), STEPS)
     checked = 0
     for kill_at in range(total.writes):
-        store = MemoryStore()
-        store.kill_at = kill_at
-        ledger = TaskStateStoreLedger(store, JOB, chunk_digests=4)
-        done = 0
-        try:
-            for name, args in STEPS:
-                getattr(ledger, name)(JOB, *args)
-                done += 1
-        except Killed:
-            pass
-        assert done < len(STEPS), kill_at
-        store.kill_at = None
+        store, _, done = _killed_at(kill_at, STEPS)
 
         accepted, pending = _state(TaskStateStoreLedger(store, JOB, chunk_digests=4))
         before, after = _expected_after(done), _expected_after(done + 1)
@@ -217,10 +227,12 @@ ROUNDS: list[tuple[list[Finish], list[Intent]]] = [
     ([Finish("k-b", B), Finish("k-a2", A[4:]), Finish("k-c", C[:1])], [Intent("k-d", C[1:])]),
 ]
 ANSWERS = [[set(), set()], [set(), {A[0], A[4], C[1]}, set()], [set()]]
+#: ROUNDS as steps of ``_run`` and ``_killed_at``.
+ROUND_STEPS: list[tuple[str, tuple[Any, ...]]] = [("record", round_) for round_ in ROUNDS]
 
 
-def _rounds(ledger: TaskStateStoreLedger, count: int = len(ROUNDS)) -> list[list[set[int]]]:
-    return [ledger.record(JOB, finishes, begins) for finishes, begins in ROUNDS[:count]]
+def _rounds(ledger: TaskStateStoreLedger) -> list[list[set[int]]]:
+    return [ledger.record(JOB, finishes, begins) for finishes, begins in ROUNDS]
 
 
 def _timeless(values: dict[str, str]) -> dict[str, Any]:
@@ -281,30 +293,13 @@ def test_a_round_of_many_events_is_a_constant_number_of_writes() -> None:
     assert again.pending(JOB) == []
 
 
-def _state_after_rounds(count: int) -> tuple[set[int], dict[str, tuple[tuple[int, ...], int]]]:
-    ledger = TaskStateStoreLedger(MemoryStore(), JOB, chunk_digests=4)
-    _rounds(ledger, count)
-    return _state(ledger)
-
-
 def test_a_round_killed_before_each_of_its_writes_is_undone_and_can_be_repeated() -> None:
     total = MemoryStore()
     _rounds(TaskStateStoreLedger(total, JOB, chunk_digests=4))
     assert total.writes == 7  # pending; chunk, head, pending; chunk, head, pending
     for kill_at in range(total.writes):
-        store = MemoryStore()
-        store.kill_at = kill_at
-        ledger = TaskStateStoreLedger(store, JOB, chunk_digests=4)
-        done = 0
-        try:
-            for finishes, begins in ROUNDS:
-                ledger.record(JOB, finishes, begins)
-                done += 1
-        except Killed:
-            pass
-        assert done < len(ROUNDS), kill_at
-        store.kill_at = None
-        before, after = _state_after_rounds(done), _state_after_rounds(done + 1)
+        store, ledger, done = _killed_at(kill_at, ROUND_STEPS)
+        before, after = _expected_after(done, ROUND_STEPS), _expected_after(done + 1, ROUND_STEPS)
 
         # The next try reads a safe state: nothing accepted that the server was not
         # said to accept, nothing lost that a completed round recorded, the pending
