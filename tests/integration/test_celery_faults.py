@@ -396,16 +396,8 @@ class OwnRedis:
             client.close()
 
     def idle(self, queue: str) -> bool:
-        """Nothing waits in ``queue`` and nothing is unacked (False when unreachable)."""
-        import redis
-
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5, socket_timeout=0.5)
-        try:
-            return client.llen(queue) == 0 and client.hlen("unacked") == 0
-        except redis.RedisError:
-            return False
-        finally:
-            client.close()
+        """Nothing waits in ``queue`` and nothing of it is unacked (False when unreachable)."""
+        return _broker_idle(self.url, queue)
 
     def kill(self) -> None:
         """``kill -9``: no shutdown save; what it has is what the append-only file holds."""
